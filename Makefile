@@ -1,0 +1,52 @@
+# faceatlas: every target builds what it needs from a clean clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_ROOT ?= demo-data
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: demo test test-quick bench bench-ingest lint system venv clean
+
+# System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark.
+system:
+	@if ! command -v java >/dev/null 2>&1 || ! command -v bzip2 >/dev/null 2>&1; then \
+	  echo "installing system packages (Java runtime, bzip2)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless bzip2 >/dev/null; \
+	fi
+	@java -version 2>&1 | head -n 1
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+venv: system $(STAMP)
+
+# The bundled sample: synthetic YFCC100M metadata in both layouts, then the ingest stage.
+demo: venv
+	$(PY) -m faceatlas synth $(DEMO_ROOT)/input/yfcc_sample.bz2 --lines 20000 --layout mixed --seed 7
+	$(PY) -m faceatlas ingest $(DEMO_ROOT)/input/yfcc_sample.bz2 --data $(DEMO_ROOT)/root
+	$(PY) -m faceatlas summary --data $(DEMO_ROOT)/root
+
+test: venv
+	$(PY) -m pytest -q -m "" tests
+
+# The quick loop: no Spark session, no slow tests.
+test-quick: venv
+	$(PY) -m pytest -q -m "not slow and not spark" tests
+
+bench: bench-ingest
+
+bench-ingest: venv
+	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check lib jobs tests bench
+	$(VENV)/bin/ruff format --check lib jobs tests bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache build *.egg-info lib/*.egg-info

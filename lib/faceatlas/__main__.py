@@ -1,0 +1,5 @@
+import sys
+
+from faceatlas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""The `faceatlas` command (also `python -m faceatlas` and the jobs/ entry points)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from faceatlas import __version__
+
+
+def _csv_list(values: Sequence[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values or ():
+        out.extend(p.strip().lower() for p in v.split(",") if p.strip())
+    return tuple(dict.fromkeys(out))
+
+
+def _add_spark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--master",
+        help="Spark master for a local run (default local[*]; under spark-submit, use its "
+        "--master instead)",
+    )
+    p.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark setting, repeatable",
+    )
+
+
+def _spark(args: argparse.Namespace, app: str):
+    from faceatlas.spark_session import spark_session
+
+    conf = {}
+    for kv in args.conf:
+        if "=" not in kv:
+            raise SystemExit(f"--conf wants KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        conf[k] = v
+    return spark_session(app, master=args.master, conf=conf)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from faceatlas.ingest import DEFAULT_DENY_TAGS, IngestOptions, expand_licenses
+    from faceatlas.spark_ingest import IngestError, run_ingest
+
+    deny = () if args.no_deny_tags else (_csv_list(args.deny_tags) or DEFAULT_DENY_TAGS)
+    opts = IngestOptions(
+        licenses=expand_licenses(args.license),
+        min_accuracy=args.min_accuracy,
+        deny_tags=deny,
+        max_place_km=args.max_place_km,
+        far_km=args.far_km,
+    )
+    spark = _spark(args, "faceatlas-ingest")
+    if args.split_mb:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", f"{args.split_mb}m")
+    try:
+        stats = run_ingest(spark, args.inputs, args.data, opts)
+    except IngestError as e:
+        print(f"faceatlas ingest: {e}", file=sys.stderr)
+        return 2
+    keys = ("lines_read", "photos_kept", "videos", "filtered", "quarantined", "seconds")
+    print(json.dumps({k: stats[k] for k in keys}, indent=2))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from faceatlas import synth
+
+    broken = {k: args.broken_each for k in synth.BROKEN_KINDS}
+    filtered = {k: args.broken_each for k in synth.FILTER_KINDS}
+    spec = synth.SynthSpec(
+        lines=args.lines,
+        layout=args.layout,
+        geotagged=args.geotagged,
+        videos=args.videos,
+        broken=broken,
+        filtered=filtered,
+        seed=args.seed,
+    )
+    truth = synth.write(args.output, spec)
+    summary = {f"{k}/{r}": n for (k, r), n in sorted(truth.counts.items())}
+    print(f"wrote {truth.lines} lines to {args.output}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from faceatlas.summary import summarize
+
+    spark = _spark(args, "faceatlas-summary")
+    print(summarize(spark, args.data, top=args.top))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faceatlas",
+        description="Characteristic faces of a geotagged photo collection, as Spark jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"faceatlas {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "ingest",
+        help="YFCC100M metadata files -> ROOT/photos (typed, geocoded Parquet)",
+        description="Parse YFCC100M metadata (23- or 25-field lines, plain or .bz2, any "
+        "Hadoop filesystem, globs), keep geotagged photos, reverse-geocode them and write "
+        "ROOT/photos/ partitioned by continent and country. Unparseable lines go to "
+        "ROOT/quarantine/ingest/ with a reason; ROOT/_stats/ingest.json accounts for every "
+        "line.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="metadata file, folder or glob")
+    p.add_argument("--data", required=True, metavar="ROOT", help="data root (folder or URI)")
+    p.add_argument(
+        "--license",
+        "--licence",
+        action="append",
+        metavar="CODES",
+        help="keep only these licences: codes from the licence URL (by, by-sa, by-nd, by-nc, "
+        "by-nc-sa, by-nc-nd, cc0, pdm), comma-separated or repeated, or a preset: reuse "
+        "(by, by-sa, cc0, pdm), noncommercial; default all",
+    )
+    p.add_argument(
+        "--min-accuracy",
+        type=int,
+        metavar="N",
+        help="keep only geotags with Flickr accuracy >= N (1 world .. 16 street)",
+    )
+    p.add_argument(
+        "--deny-tags",
+        action="append",
+        metavar="WORDS",
+        help="drop photos with a user tag (or a word of one) in this comma-separated list; "
+        "default: travel, vacation, holiday, trip, tourist and their forms",
+    )
+    p.add_argument("--no-deny-tags", action="store_true", help="keep holiday photos")
+    p.add_argument(
+        "--max-place-km",
+        type=float,
+        metavar="KM",
+        help="drop photos farther than KM from the nearest populated place",
+    )
+    p.add_argument(
+        "--far-km",
+        type=float,
+        default=50.0,
+        metavar="KM",
+        help="flag (far_from_place) photos farther than KM from a place (default 50)",
+    )
+    p.add_argument(
+        "--split-mb",
+        type=int,
+        metavar="MB",
+        help="input split size (spark.sql.files.maxPartitionBytes)",
+    )
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("synth", help="write a synthetic YFCC100M metadata file")
+    p.add_argument("output", help="file to write (.bz2 to compress)")
+    p.add_argument("--lines", type=int, default=10_000)
+    p.add_argument("--layout", choices=("23", "25", "mixed"), default="25")
+    p.add_argument("--geotagged", type=float, default=0.5, help="share of geotagged photos")
+    p.add_argument("--videos", type=float, default=0.01, help="share of videos")
+    p.add_argument(
+        "--broken-each", type=int, default=5, help="lines of each broken and filtered kind"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("summary", help="print what a data root holds")
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--top", type=int, default=10, help="countries to list")
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""A human-readable summary of a data root: what each stage wrote and what it dropped."""
+
+from __future__ import annotations
+
+from faceatlas.storage import HadoopFS, normalize_root, read_stats, table_path
+
+
+def summarize(spark, root: str, top: int = 10) -> str:
+    from pyspark.sql import functions as F
+
+    root = normalize_root(root)
+    fs = HadoopFS(spark)
+    out: list[str] = [f"data root: {root}"]
+    stats = read_stats(fs, root, "ingest")
+    if stats is None:
+        out.append("ingest: not run yet")
+        return "\n".join(out)
+    out.append(
+        f"ingest: {stats['lines_read']:,} lines -> {stats['photos_kept']:,} photos kept, "
+        f"{stats['videos']:,} videos, {stats['filtered_total']:,} filtered, "
+        f"{stats['quarantined_total']:,} quarantined ({stats['seconds']:.1f} s, "
+        f"finished {stats['finished_at']})"
+    )
+    for group in ("filtered", "quarantined"):
+        parts = [f"{r} {n:,}" for r, n in stats[group].items() if n]
+        out.append(f"  {group}: " + (", ".join(parts) if parts else "none"))
+
+    photos = spark.read.parquet(table_path(root, "photos"))
+    by_continent = photos.groupBy("continent").count().orderBy(F.desc("count")).collect()
+    out.append("photos per continent: " + ", ".join(
+        f"{r['continent']} {r['count']:,}" for r in by_continent
+    ))  # fmt: skip
+    by_country = (
+        photos.groupBy("country", "country_name").count().orderBy(F.desc("count")).limit(top)
+    ).collect()
+    n_countries = photos.select("country").distinct().count()
+    out.append(f"countries: {n_countries}; the top {len(by_country)}:")
+    for r in by_country:
+        out.append(f"  {r['country']}  {r['country_name']:<32} {r['count']:>10,}")
+    far = photos.where(F.col("far_from_place")).count()
+    bogus = photos.where(F.col("taken_at_bogus")).count()
+    out.append(f"far from any place: {far:,}; bogus date taken: {bogus:,}")
+    return "\n".join(out)

