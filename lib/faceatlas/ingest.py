@@ -84,6 +84,7 @@ LICENSE_PRESETS: dict[str, tuple[str, ...]] = {
     "reuse": ("by", "by-sa", "cc0", "pdm"),
     "noncommercial": ("by", "by-sa", "by-nc", "by-nc-sa", "cc0", "pdm"),
 }
+INT32_MAX = 2**31 - 1
 TEXT_FIELDS = ("user_nickname", "capture_device", "title", "description", "license_name")
 # Fields stored as they are (not URL-encoded in the files), still checked to be UTF-8.
 PLAIN_FIELDS = ("user_id", "photo_hash", "page_url", "download_url", "license_url", "secret",
@@ -212,9 +213,11 @@ def ingest_batch(
     out.set(~id_ok, "quarantine", "bad_id", "photo_id")
     lnum, _, lnum_ok = parse_int(sp.field("line_number"))
     out.set((sp.n_fields == 25) & ~lnum_ok, "quarantine", "bad_id", "line_number")
-    marker = pc.fill_null(sp.field("marker"), b"").cast(pa.string()).to_numpy(zero_copy_only=False)
-    out.set((marker != "0") & (marker != "1"), "quarantine", "bad_marker")
-    out.set(marker == "1", "video", "video")
+    marker = sp.field("marker")  # compared as bytes: the line may not be UTF-8
+    is_photo = pc.fill_null(pc.equal(marker, b"0"), False).to_numpy(zero_copy_only=False)
+    is_video = pc.fill_null(pc.equal(marker, b"1"), False).to_numpy(zero_copy_only=False)
+    out.set(~is_photo & ~is_video, "quarantine", "bad_marker")
+    out.set(is_video, "video", "video")
 
     lon, lon_has, lon_ok = parse_float(sp.field("longitude"))
     lat, lat_has, lat_ok = parse_float(sp.field("latitude"))
@@ -241,11 +244,12 @@ def ingest_batch(
     numbers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in ("accuracy", "server_id", "farm_id"):
         v, has, ok = parse_int(sp.field(name, rows))
+        ok &= v <= INT32_MAX  # stored as int32
         out.set(has & ~ok, "quarantine", "bad_number", name, rows)
         numbers[name] = (v, ok)
 
     # User filters.
-    lic = license_code(sp.field("license_url", rows))
+    lic = license_code(cols["license_url"])
     if opts.licenses is not None:
         allowed = pc.fill_null(pc.is_in(lic, value_set=pa.array(list(opts.licenses))), False)
         out.set(~allowed.to_numpy(zero_copy_only=False), "filtered", "license", "", rows)
@@ -320,6 +324,14 @@ def _geocode(lat: np.ndarray, lon: np.ndarray, enabled: bool) -> dict[str, np.nd
             "continent": empty, "place_km": np.full(n, np.nan)}  # fmt: skip
 
 
+def _column(table: pa.Table, f: pa.Field) -> pa.Array:
+    """`table`'s column `f` as one array of f's type, or nulls where it has no such column."""
+    if f.name not in table.column_names:
+        return pa.nulls(table.num_rows, f.type)
+    col = table.column(f.name)
+    return (col.combine_chunks() if col.num_chunks else pa.array([], f.type)).cast(f.type)
+
+
 def to_ingest_out(result: BatchResult) -> pa.RecordBatch:
     """Pack one batch's result into schemas.INGEST_OUT rows: photos, quarantine, counts."""
     photos, quarantine = result.photos, result.quarantine
@@ -338,9 +350,9 @@ def to_ingest_out(result: BatchResult) -> pa.RecordBatch:
         elif f.name == "n":
             parts.append(pa.array([1] * (n_p + n_q) + list(dropped.values()), pa.int64()))
         else:
-            a = photos.column(f.name) if f.name in photos.column_names else pa.nulls(n_p, f.type)
-            b = (quarantine.column(f.name) if f.name in quarantine.column_names
-                 else pa.nulls(n_q, f.type))  # fmt: skip
-            parts.append(pa.chunked_array([a.cast(f.type), b.cast(f.type),
-                                           pa.nulls(n_c, f.type)]).combine_chunks())  # fmt: skip
+            parts.append(
+                pa.concat_arrays(
+                    [_column(photos, f), _column(quarantine, f), pa.nulls(n_c, f.type)]
+                )
+            )
     return pa.RecordBatch.from_arrays(parts, schema=schemas.INGEST_OUT)

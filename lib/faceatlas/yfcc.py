@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from faceatlas.urlcodec import utf8_or_mask
+
 FIELDS_23: tuple[str, ...] = (
     "photo_id",
     "user_id",
@@ -119,7 +121,8 @@ def parse_float(raw: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def parse_uploaded(raw: pa.Array, now: np.datetime64) -> tuple[pa.Array, np.ndarray]:
     """Upload time, given as Unix seconds. (timestamps, bogus) where bogus values are null."""
     secs, has, ok = parse_int(raw)
-    ts = secs.astype("datetime64[s]").astype("datetime64[us]")
+    ok &= secs < 2**40  # beyond that the conversion to microseconds would overflow
+    ts = np.where(ok, secs, 0).astype("datetime64[s]").astype("datetime64[us]")
     good = ok & (ts >= FIRST_UPLOAD) & (ts <= now + _DAY)
     bogus = has & ~good
     return pa.array(ts, pa.timestamp("us", tz="UTC"), mask=~good), bogus
@@ -134,7 +137,8 @@ def parse_taken(
     (after now when the upload time is unknown), e.g. the 4501-01-01 of broken cameras.
     """
     has = present(raw)
-    text = pc.utf8_slice_codeunits(raw.cast(pa.string()), 0, 19)
+    text, _ = utf8_or_mask(raw)  # not UTF-8: cannot be a date, so null and bogus below
+    text = pc.utf8_slice_codeunits(text, 0, 19)
     ts = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
     t = ts.to_numpy(zero_copy_only=False)
     up = uploaded.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False)
