@@ -324,35 +324,55 @@ def _geocode(lat: np.ndarray, lon: np.ndarray, enabled: bool) -> dict[str, np.nd
             "continent": empty, "place_km": np.full(n, np.nan)}  # fmt: skip
 
 
-def _column(table: pa.Table, f: pa.Field) -> pa.Array:
-    """`table`'s column `f` as one array of f's type, or nulls where it has no such column."""
-    if f.name not in table.column_names:
-        return pa.nulls(table.num_rows, f.type)
-    col = table.column(f.name)
-    return (col.combine_chunks() if col.num_chunks else pa.array([], f.type)).cast(f.type)
-
-
 def to_ingest_out(result: BatchResult) -> pa.RecordBatch:
-    """Pack one batch's result into schemas.INGEST_OUT rows: photos, quarantine, counts."""
-    photos, quarantine = result.photos, result.quarantine
-    dropped = {k: v for k, v in result.counts.items() if k[0] in ("filtered", "video")}
-    parts = []
-    n_p, n_q, n_c = photos.num_rows, quarantine.num_rows, len(dropped)
+    """Pack one batch's quarantine rows and (kind, reason, n) count rows into INGEST_OUT.
+
+    Quarantined lines come as their own rows (n = 1) and never also as a count row.
+    """
+    q = result.quarantine
+    counted = [(k, v) for k, v in sorted(result.counts.items()) if k[0] != "quarantine"]
+    n_q, n_c = q.num_rows, len(counted)
+    cols = []
     for f in schemas.INGEST_OUT:
         if f.name == "kind":
-            vals = ["kept"] * n_p + ["quarantine"] * n_q + [k[0] for k in dropped]
-            parts.append(pa.array(vals, pa.string()))
-        elif f.name == "reason":
-            vals = (
-                ["kept"] * n_p + quarantine.column("reason").to_pylist() + [k[1] for k in dropped]
-            )
-            parts.append(pa.array(vals, pa.string()))
+            col = pa.array(["quarantine"] * n_q + [k[0] for k, _ in counted], f.type)
         elif f.name == "n":
-            parts.append(pa.array([1] * (n_p + n_q) + list(dropped.values()), pa.int64()))
+            col = pa.array([1] * n_q + [v for _, v in counted], f.type)
+        elif f.name == "reason":
+            col = pa.array(q.column("reason").to_pylist() + [k[1] for k, _ in counted], f.type)
         else:
-            parts.append(
-                pa.concat_arrays(
-                    [_column(photos, f), _column(quarantine, f), pa.nulls(n_c, f.type)]
-                )
-            )
-    return pa.RecordBatch.from_arrays(parts, schema=schemas.INGEST_OUT)
+            col = pa.concat_arrays([_single(q.column(f.name), f.type), pa.nulls(n_c, f.type)])
+        cols.append(col)
+    return pa.RecordBatch.from_arrays(cols, schema=schemas.INGEST_OUT)
+
+
+def _single(col: pa.ChunkedArray, t: pa.DataType) -> pa.Array:
+    return col.combine_chunks().cast(t) if col.num_chunks else pa.array([], t)
+
+
+def accounting(counts: dict[tuple[str, str], int]) -> dict:
+    """The stats' accounting block from (kind, reason) -> lines.
+
+    lines_read = photos_kept + videos + filtered (by reason) + quarantined (by reason);
+    an outcome outside the documented sets is a bug and raises.
+    """
+    by = Counter()
+    for key, n in counts.items():
+        by[key] += n
+    known = {("kept", "kept"), ("video", "video")}
+    known |= {("filtered", r) for r in FILTER_REASONS}
+    known |= {("quarantine", r) for r in QUARANTINE_REASONS}
+    unknown = set(by) - known
+    if unknown:
+        raise AssertionError(f"outcomes outside the documented sets: {sorted(unknown)}")
+    filtered = {r: by[("filtered", r)] for r in FILTER_REASONS}
+    quarantined = {r: by[("quarantine", r)] for r in QUARANTINE_REASONS}
+    return {
+        "lines_read": sum(by.values()),
+        "photos_kept": by[("kept", "kept")],
+        "videos": by[("video", "video")],
+        "filtered": filtered,
+        "filtered_total": sum(filtered.values()),
+        "quarantined": quarantined,
+        "quarantined_total": sum(quarantined.values()),
+    }

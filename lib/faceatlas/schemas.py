@@ -68,15 +68,11 @@ QUARANTINE_INGEST = pa.schema(
     ]
 )
 
-# What the ingest core emits per batch: kept photos, quarantined lines and count rows
-# (outcome, reason, n) for everything dropped on purpose. Counts travel with the data so
-# that Spark's output commit makes the accounting exactly-once, like the rows.
-_INGEST_SHARED = {"source_file", "photo_id"}
-INGEST_OUT = pa.schema(
-    [("kind", pa.string()), ("reason", pa.string()), ("n", pa.int64())]
-    + list(PHOTOS)
-    + [f for f in QUARANTINE_INGEST if f.name not in _INGEST_SHARED and f.name != "reason"]
-)
+# What each ingest task hands back to the driver: one row per quarantined line, and count
+# rows (kind, reason, n) for everything else. Kept photos are not in it: tasks write them as
+# Parquet themselves (partwrite.py). Counts travel with the quarantine rows through Spark,
+# so the accounting is exactly-once like the rows.
+INGEST_OUT = pa.schema([("kind", pa.string()), ("n", pa.int64()), *QUARANTINE_INGEST])
 
 _SPARK_TYPES = {
     pa.int8(): "TINYINT",

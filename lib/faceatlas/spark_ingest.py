@@ -1,15 +1,19 @@
 """The ingest stage on Spark: a thin adapter around ingest.ingest_batch.
 
-Spark reads the metadata files as text (plain or .bz2, which Hadoop's codec splits; any
-Hadoop filesystem; globs), every task runs the plain-Python core on Arrow batches through
-mapInArrow, and one persisted result feeds three outputs: the accounting, ROOT/photos/
-and ROOT/quarantine/ingest/. Both tables are written beside their final place and moved
-in only when complete, so a re-run replaces them whole: same rows, no duplicates.
+Local input files are cut into splits that the tasks read themselves (splitread.py: bzip2
+block splitting with libbz2, far faster than Hadoop's Java codec); other URIs (hdfs://,
+s3a://, ...) go through Spark's text source. Either way every task runs the plain-Python
+core on Arrow batches inside mapInArrow, writes its kept photos as Parquet into a staging
+folder (partwrite.py) and hands back only quarantine rows and count rows, which give the
+accounting and ROOT/quarantine/ingest/. Both tables are moved into place only when
+complete, so a re-run replaces them whole: same rows, no duplicates.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -18,7 +22,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from faceatlas import __version__, schemas
-from faceatlas.ingest import FILTER_REASONS, QUARANTINE_REASONS, IngestOptions
+from faceatlas.ingest import IngestOptions, accounting
+from faceatlas.splitread import Split, local_path, plan_splits
 from faceatlas.storage import HadoopFS, normalize_root, table_path, write_stats
 
 log = logging.getLogger(__name__)
@@ -28,48 +33,157 @@ class IngestError(RuntimeError):
     """A problem with the job's input or settings, reported without a Java stack trace."""
 
 
-def _batches_fn(opts: IngestOptions):
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from faceatlas.ingest import ingest_batch, to_ingest_out
+class _PhotoSink:
+    """Collects a task's kept photos and writes them as partitioned Parquet files.
 
-        t0, totals = time.time(), Counter()
-        for batch in batches:
-            result = ingest_batch(batch.column(0), batch.column(1), opts)
-            totals.update({k[0]: v for k, v in result.counts.items()})
-            yield to_ingest_out(result)
-        if totals:
-            lines = sum(totals.values())
-            log.warning(
-                "ingest task: %d lines in %.1f s (%.0f lines/s): %s",
-                lines, time.time() - t0, lines / max(time.time() - t0, 1e-9), dict(totals),
-            )  # fmt: skip
+    Rows are held until FLUSH_ROWS (a 32 MB bzip2 split keeps about 125k), so each
+    country gets one file per task rather than one tiny file per batch.
+    """
+
+    FLUSH_ROWS = 400_000
+
+    def __init__(self, staging: str, task_key: str) -> None:
+        self.staging, self.task_key = staging, task_key
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.seq = 0
+
+    def add(self, photos: pa.Table) -> None:
+        if photos.num_rows:
+            self.pending.append(photos)
+            self.rows += photos.num_rows
+            if self.rows >= self.FLUSH_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        from faceatlas.partwrite import write_partitioned
+
+        if self.pending:
+            table = pa.concat_tables(self.pending)
+            stem = f"part-{self.task_key}-{self.seq:03d}"
+            write_partitioned(table, self.staging, schemas.PHOTOS_PARTITIONS, stem, ["photo_id"])
+        self.pending, self.rows, self.seq = [], 0, self.seq + 1
+
+
+def _run_batches(
+    line_batches: Iterator[tuple[pa.Array, pa.Array | str]],
+    opts: IngestOptions,
+    sink: _PhotoSink,
+) -> Iterator[pa.RecordBatch]:
+    """The task body shared by both readers: core per batch, photos to the sink."""
+    from faceatlas.ingest import ingest_batch, to_ingest_out
+
+    t0, totals = time.time(), Counter()
+    for lines, sources in line_batches:
+        result = ingest_batch(lines, sources, opts)
+        sink.add(result.photos)
+        totals.update({k[0]: v for k, v in result.counts.items()})
+        yield to_ingest_out(result)
+    sink.flush()
+    if totals:
+        n, dt = sum(totals.values()), time.time() - t0
+        log.warning(
+            "ingest task %s: %d lines in %.1f s (%.0f lines/s): %s",
+            sink.task_key, n, dt, n / max(dt, 1e-9), dict(totals),
+        )  # fmt: skip
+
+
+def _lines_fn(opts: IngestOptions, staging: str):
+    """mapInArrow over (value, source_file) rows from Spark's text source."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        sink = _PhotoSink(staging, f"t{TaskContext.get().partitionId():05d}")
+        yield from _run_batches(((b.column(0), b.column(1)) for b in batches), opts, sink)
 
     return run
 
 
-def accounting(counts: dict[tuple[str, str], int]) -> dict:
-    """The stats' accounting block; lines_read must equal the sum of the parts."""
-    by = Counter()
-    for (kind, reason), n in counts.items():
-        by[(kind, reason)] += n
-    filtered = {r: by.get(("filtered", r), 0) for r in FILTER_REASONS}
-    quarantined = {r: by.get(("quarantine", r), 0) for r in QUARANTINE_REASONS}
-    unknown = {k for k in by if k[0] not in ("kept", "video", "filtered", "quarantine")}
-    unknown |= {k for k in by if k[0] == "filtered" and k[1] not in FILTER_REASONS}
-    unknown |= {k for k in by if k[0] == "quarantine" and k[1] not in QUARANTINE_REASONS}
-    if unknown:
-        raise AssertionError(f"outcomes outside the documented sets: {sorted(unknown)}")
-    kept = by.get(("kept", "kept"), 0)
-    videos = by.get(("video", "video"), 0)
-    return {
-        "lines_read": sum(by.values()),
-        "photos_kept": kept,
-        "videos": videos,
-        "filtered": filtered,
-        "filtered_total": sum(filtered.values()),
-        "quarantined": quarantined,
-        "quarantined_total": sum(quarantined.values()),
-    }
+def _splits_fn(opts: IngestOptions, staging: str, batch_lines: int):
+    """mapInArrow over split rows (split_id, path, start, end, size): a task reads its own."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from faceatlas.splitread import iter_line_batches
+
+        for batch in batches:
+            for row in batch.to_pylist():
+                split = Split(row["path"], row["start"], row["end"], row["size"])
+                source = "file://" + split.path
+                sink = _PhotoSink(staging, f"s{row['split_id']:05d}")
+                lines = ((arr, source) for arr in iter_line_batches(split, batch_lines))
+                yield from _run_batches(lines, opts, sink)
+
+    return run
+
+
+def resolve_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """Split inputs into local files (path, size) that tasks read themselves, and other
+    URIs (hdfs://, s3a://, ...) left to Spark's text source. Globs and folders expand."""
+    local: list[tuple[str, int]] = []
+    remote: list[str] = []
+    for item in inputs:
+        path = local_path(item)
+        if path is None:
+            remote.append(item)
+            continue
+        matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise IngestError(f"input not found: {item}")
+        for m in matches:
+            if os.path.isdir(m):
+                for dirpath, dirnames, filenames in os.walk(m):
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+                    for name in sorted(filenames):
+                        if not name.startswith((".", "_")):
+                            f = os.path.join(dirpath, name)
+                            local.append((f, os.path.getsize(f)))
+            else:
+                local.append((m, os.path.getsize(m)))
+    if not local and not remote:
+        raise IngestError(f"no input files in {list(inputs)}")
+    return list(dict.fromkeys(local)), remote
+
+
+def _bytes_conf(value: str) -> int:
+    """Spark byte sizes: 134217728, 128m, 32mb, 1g ..."""
+    v = value.strip().lower().rstrip("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    if v and v[-1] in units:
+        return int(float(v[:-1]) * units[v[-1]])
+    return int(v)
+
+
+def read_and_parse(spark, inputs: Sequence[str], opts: IngestOptions, staging: str):
+    """The INGEST_OUT DataFrame of all inputs (tasks write kept photos under `staging`):
+    local files through splitread, other URIs through Spark's text source."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    ddl = schemas.spark_ddl(schemas.INGEST_OUT)
+    local, remote = resolve_inputs(inputs)
+    parts = []
+    if local:
+        split_bytes = _bytes_conf(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m"))
+        splits = plan_splits(local, split_bytes, spark.sparkContext.defaultParallelism)
+        rows = [(i, s.path, s.start, s.end, s.size) for i, s in enumerate(splits)]
+        rdd = spark.sparkContext.parallelize(rows, len(rows))
+        df = spark.createDataFrame(
+            rdd, "split_id INT, path STRING, start BIGINT, end BIGINT, size BIGINT"
+        )
+        batch_lines = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
+        parts.append(df.mapInArrow(_splits_fn(opts, staging, max(batch_lines, 1000)), ddl))
+    if remote:
+        try:
+            text = spark.read.text(remote)
+        except AnalysisException as e:
+            raise IngestError(f"cannot read input: {e}") from None
+        cols = [F.col("value"), F.col("_metadata.file_path").alias("source_file")]
+        parts.append(text.select(*cols).mapInArrow(_lines_fn(opts, staging), ddl))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out
 
 
 def run_ingest(
@@ -80,7 +194,6 @@ def run_ingest(
 ) -> dict:
     """Ingest metadata files into ROOT/photos and ROOT/quarantine/ingest; return the stats."""
     from pyspark import StorageLevel
-    from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
     if not inputs:
@@ -88,43 +201,36 @@ def run_ingest(
     root = normalize_root(root)
     t0 = time.time()
     fs = HadoopFS(spark)
+    photos_path = table_path(root, "photos")
+    q_path = table_path(root, "quarantine", "ingest")
+    fs.clean_temp_siblings(photos_path)
+    fs.clean_temp_siblings(q_path)
+    staging = fs.temp_sibling(photos_path)
     try:
-        text = spark.read.text(list(inputs))
-    except AnalysisException as e:
-        raise IngestError(f"cannot read input: {e}") from None
-    lines = text.select(F.col("value"), F.col("_metadata.file_path").alias("source_file"))
-    out = lines.mapInArrow(_batches_fn(opts), schemas.spark_ddl(schemas.INGEST_OUT))
-    out = out.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
+        out = read_and_parse(spark, inputs, opts, staging)
+        out = out.persist(StorageLevel.MEMORY_AND_DISK)  # small: quarantine + count rows
         rows = out.groupBy("kind", "reason").agg(F.sum("n").alias("n")).collect()
         counts = {(r["kind"], r["reason"]): int(r["n"]) for r in rows}
         acct = accounting(counts)
+        if not fs.exists(staging):  # no photo kept at all: still an (empty) table
+            fs.mkdirs(staging)
+        fs.write_text(table_path(staging, "_SUCCESS"), "")
 
-        photos_path = table_path(root, "photos")
-        tmp = fs.temp_sibling(photos_path)
-        photo_cols = [f.name for f in schemas.PHOTOS]
-        (
-            out.where(F.col("kind") == "kept")
-            .select(*photo_cols)
-            .write.mode("overwrite")
-            .partitionBy(*schemas.PHOTOS_PARTITIONS)
-            .parquet(tmp)
-        )
-        fs.replace(tmp, photos_path)
-
-        q_path = table_path(root, "quarantine", "ingest")
-        tmp = fs.temp_sibling(q_path)
+        q_tmp = fs.temp_sibling(q_path)
         q_cols = [f.name for f in schemas.QUARANTINE_INGEST]
         (
             out.where(F.col("kind") == "quarantine")
             .select(*q_cols)
             .repartition(1)
             .write.mode("overwrite")
-            .parquet(tmp)
+            .parquet(q_tmp)
         )
-        fs.replace(tmp, q_path)
-    finally:
         out.unpersist()
+        fs.replace(staging, photos_path)
+        fs.replace(q_tmp, q_path)
+    except BaseException:
+        fs.delete(staging)
+        raise
 
     seconds = time.time() - t0
     stats = {

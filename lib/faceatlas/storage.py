@@ -74,6 +74,21 @@ class HadoopFS:
         finally:
             stream.close()
 
+    def mkdirs(self, path: str) -> None:
+        fs, p = self._fs(path)
+        fs.mkdirs(p)
+
+    def clean_temp_siblings(self, path: str) -> None:
+        """Remove what an interrupted run left beside `path` (see temp_sibling, replace)."""
+        fs, p = self._fs(path)
+        parent = p.getParent()
+        if not fs.exists(parent):
+            return
+        for status in fs.listStatus(parent):
+            name = status.getPath().getName()
+            if name.startswith(p.getName() + ".__tmp_") or name.startswith(p.getName() + ".__old_"):
+                fs.delete(status.getPath(), True)
+
     def temp_sibling(self, path: str) -> str:
         """A fresh path beside `path`, for writing a table before it replaces `path`."""
         return f"{path}.__tmp_{uuid.uuid4().hex[:8]}"
