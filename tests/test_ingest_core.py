@@ -689,9 +689,10 @@ def test_to_ingest_out(layout: str) -> None:
     lines, _, result = synth_run(layout)
     batch = to_ingest_out(result)
     assert batch.schema == schemas.INGEST_OUT
-    dropped = {k: v for k, v in result.counts.items() if k[0] in ("filtered", "video")}
-    assert len(dropped) >= 3  # not_geotagged, zero_coordinates, holiday_tag, video
-    assert batch.num_rows == result.photos.num_rows + result.quarantine.num_rows + len(dropped)
+    counted = {k: v for k, v in result.counts.items() if k[0] != "quarantine"}
+    assert len(counted) >= 4  # kept, not_geotagged, zero_coordinates, holiday_tag, video
+    # One row per quarantined line, then one count row per other (kind, reason).
+    assert batch.num_rows == result.quarantine.num_rows + len(counted)
     n = batch.column("n").to_pylist()
     assert sum(n) == len(lines)
     kinds = batch.column("kind").to_pylist()
@@ -700,24 +701,21 @@ def test_to_ingest_out(layout: str) -> None:
     for k, r, c in zip(kinds, reasons, n, strict=True):
         summed[(k, r)] += c
     assert summed == result.counts
-    # Photo columns of the kept rows survive; count rows carry no data.
-    ids = batch.column("photo_id").to_pylist()
-    assert ids[: result.photos.num_rows] == result.photos.column("photo_id").to_pylist()
-    q_rows = slice(result.photos.num_rows, result.photos.num_rows + result.quarantine.num_rows)
+    q_rows = slice(0, result.quarantine.num_rows)
     assert batch.column("raw_line").to_pylist()[q_rows] == (
         result.quarantine.column("raw_line").to_pylist()
     )
-    assert all(v is None for v in ids[batch.num_rows - len(dropped) :])
+    # Count rows carry no line data.
+    assert all(v is None for v in batch.column("raw_line").to_pylist()[q_rows.stop :])
 
 
 def test_to_ingest_out_with_kept_photos_and_nothing_else() -> None:
     result = run([make_line(photo_id="1"), make_line(photo_id="2")])
     batch = to_ingest_out(result)
     assert batch.schema == schemas.INGEST_OUT
-    assert batch.column("kind").to_pylist() == ["kept", "kept"]
-    assert batch.column("n").to_pylist() == [1, 1]
-    assert batch.column("photo_id").to_pylist() == [1, 2]
-    assert batch.column("raw_line").to_pylist() == [None, None]
+    assert batch.column("kind").to_pylist() == ["kept"]
+    assert batch.column("n").to_pylist() == [2]
+    assert batch.column("raw_line").to_pylist() == [None]
 
 
 NO_KEPT_CASES = {

@@ -145,10 +145,7 @@ class _Outcome:
         self.kind = np.full(n, "", dtype=object)
         self.reason = np.full(n, "", dtype=object)
         self.detail = np.full(n, "", dtype=object)
-
-    @property
-    def open(self) -> np.ndarray:
-        return self.kind == ""
+        self.open = np.ones(n, dtype=bool)
 
     def set(
         self,
@@ -164,6 +161,7 @@ class _Outcome:
             full[rows] = mask
             mask = full
         m = mask & self.open
+        self.open[m] = False
         self.kind[m] = kind
         self.reason[m] = reason
         self.detail[m] = detail

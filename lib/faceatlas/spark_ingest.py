@@ -212,6 +212,7 @@ def run_ingest(
         rows = out.groupBy("kind", "reason").agg(F.sum("n").alias("n")).collect()
         counts = {(r["kind"], r["reason"]): int(r["n"]) for r in rows}
         acct = accounting(counts)
+        log.info("ingest: tasks done, accounting collected after %.1f s", time.time() - t0)
         if not fs.exists(staging):  # no photo kept at all: still an (empty) table
             fs.mkdirs(staging)
         fs.write_text(table_path(staging, "_SUCCESS"), "")
@@ -226,6 +227,7 @@ def run_ingest(
             .parquet(q_tmp)
         )
         out.unpersist()
+        log.info("ingest: quarantine written after %.1f s", time.time() - t0)
         fs.replace(staging, photos_path)
         fs.replace(q_tmp, q_path)
     except BaseException:

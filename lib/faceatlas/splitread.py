@@ -123,32 +123,22 @@ class _Bz2Blocks:
         self.f.seek(start)
         return self.f.read(max(0, min(end, self.size) - start))
 
-    def markers(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Absolute bit offsets of block and end-of-stream magics starting in [start, end)."""
+    def markers(self, start: int, end: int, magic: int = BLOCK_MAGIC) -> np.ndarray:
+        """Absolute bit offsets of `magic` starting in the byte range [start, end)."""
         buf = self._read(start, end + 6)
-        limit = (end - start) * 8
-        out = []
-        for magic in (BLOCK_MAGIC, EOS_MAGIC):
-            pos = find_magics(buf, magic)
-            out.append(pos[pos < limit] + start * 8)
-        return out[0], out[1]
+        pos = find_magics(buf, magic)
+        return pos[pos < (end - start) * 8] + start * 8
 
     def block_end(self, bit_start: int) -> int:
-        """Bit offset of the first magic after the block starting at bit_start."""
-        pos = bit_start // 8 + 6
-        while pos < self.size:
-            blocks, eos = self.markers(pos, pos + _SCAN_STEP)
-            after = np.concatenate([blocks[blocks > bit_start], eos[eos > bit_start]])
-            if after.size:
-                return int(after.min())
-            pos += _SCAN_STEP
-        raise ValueError(f"bzip2 block at bit {bit_start} has no end: truncated file?")
+        """Bit offset of the block magic after the block at bit_start (or the file's end)."""
+        nxt = self.next_block(bit_start)
+        return self.size * 8 if nxt is None else nxt
 
     def next_block(self, after_bit: int) -> int | None:
         """Bit offset of the first block magic after bit `after_bit`, None at the end."""
         pos = after_bit // 8
         while pos < self.size:
-            blocks, _ = self.markers(pos, pos + _SCAN_STEP)
+            blocks = self.markers(pos, pos + _SCAN_STEP)
             blocks = blocks[blocks > after_bit]
             if blocks.size:
                 return int(blocks[0])
@@ -156,23 +146,41 @@ class _Bz2Blocks:
         return None
 
     def decode(self, bit_start: int, bit_end: int) -> bytes:
+        """Decode the block at bit_start; bit_end is the next block magic or the file end.
+
+        The last block of a stream is followed by the end-of-stream marker, CRC, padding
+        and maybe the next stream's header. Looking for that marker everywhere would double
+        the scan, so it is only looked for when the block's CRC check says so.
+        """
+        try:
+            return self._decode_exact(bit_start, bit_end)
+        except OSError:
+            eos = self.markers(bit_start // 8, (bit_end + 7) // 8, EOS_MAGIC)
+            eos = eos[(eos > bit_start) & (eos < bit_end)]
+            if not eos.size:
+                raise
+            return self._decode_exact(bit_start, int(eos[0]))
+
+    def _decode_exact(self, bit_start: int, bit_end: int) -> bytes:
         first, last = bit_start // 8, (bit_end + 7) // 8
         buf = self._read(first, last)
-        return bz2.decompress(one_block_stream(buf, bit_start - first * 8, bit_end - first * 8))
+        dec = bz2.BZ2Decompressor()
+        out = dec.decompress(one_block_stream(buf, bit_start - first * 8, bit_end - first * 8))
+        if not dec.eof:
+            raise OSError(f"bzip2 block at bit {bit_start} is truncated")
+        return out
 
 
 def _bz2_chunks(f, split: Split) -> Iterator[tuple[bytes, bool]]:
     """(decoded text, owned) per block: the split's own blocks, then the ones after it."""
     blocks = _Bz2Blocks(f, split.size)
-    owned, eos = blocks.markers(split.start, split.end)
-    ends = np.sort(np.concatenate([owned, eos]))
-    for b in owned.tolist():
-        later = ends[ends > b]
-        end = int(later[0]) if later.size else blocks.block_end(b)
+    owned = blocks.markers(split.start, split.end).tolist()
+    for i, b in enumerate(owned):
+        end = owned[i + 1] if i + 1 < len(owned) else blocks.block_end(b)
         yield blocks.decode(b, end), True
-    if not owned.size:
+    if not owned:
         return
-    nxt = blocks.next_block(int(owned[-1]))
+    nxt = blocks.next_block(owned[-1])
     while nxt is not None:
         yield blocks.decode(nxt, blocks.block_end(nxt)), False
         nxt = blocks.next_block(nxt)
