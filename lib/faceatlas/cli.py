@@ -61,7 +61,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.split_mb:
         spark.conf.set("spark.sql.files.maxPartitionBytes", f"{args.split_mb}m")
     try:
-        stats = run_ingest(spark, args.inputs, args.data, opts)
+        stats = run_ingest(spark, args.inputs, args.data, opts, reader=args.reader)
     except IngestError as e:
         print(f"faceatlas ingest: {e}", file=sys.stderr)
         return 2
@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="MB",
         help="input split size (spark.sql.files.maxPartitionBytes)",
+    )
+    p.add_argument(
+        "--reader",
+        choices=("auto", "spark"),
+        default="auto",
+        help="auto: tasks read local files themselves (bzip2 decoded with libbz2), other "
+        "URIs through Spark's text source; spark: everything through Spark's text source",
     )
     _add_spark_args(p)
     p.set_defaults(func=cmd_ingest)

@@ -154,14 +154,27 @@ def _bytes_conf(value: str) -> int:
     return int(v)
 
 
-def read_and_parse(spark, inputs: Sequence[str], opts: IngestOptions, staging: str):
-    """The INGEST_OUT DataFrame of all inputs (tasks write kept photos under `staging`):
-    local files through splitread, other URIs through Spark's text source."""
+READERS = ("auto", "spark")
+
+
+def read_and_parse(
+    spark, inputs: Sequence[str], opts: IngestOptions, staging: str, reader: str = "auto"
+):
+    """The INGEST_OUT DataFrame of all inputs (tasks write kept photos under `staging`).
+
+    reader "auto": local files through splitread, other URIs through Spark's text source;
+    "spark": everything through Spark's text source (Hadoop codecs).
+    """
+    if reader not in READERS:
+        raise IngestError(f"unknown reader {reader!r}; choose from {READERS}")
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
     ddl = schemas.spark_ddl(schemas.INGEST_OUT)
-    local, remote = resolve_inputs(inputs)
+    if reader == "spark":
+        local, remote = [], list(inputs)
+    else:
+        local, remote = resolve_inputs(inputs)
     parts = []
     if local:
         split_bytes = _bytes_conf(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m"))
@@ -191,6 +204,7 @@ def run_ingest(
     inputs: Sequence[str],
     root: str,
     opts: IngestOptions,
+    reader: str = "auto",
 ) -> dict:
     """Ingest metadata files into ROOT/photos and ROOT/quarantine/ingest; return the stats."""
     from pyspark import StorageLevel
@@ -207,7 +221,7 @@ def run_ingest(
     fs.clean_temp_siblings(q_path)
     staging = fs.temp_sibling(photos_path)
     try:
-        out = read_and_parse(spark, inputs, opts, staging)
+        out = read_and_parse(spark, inputs, opts, staging, reader)
         out = out.persist(StorageLevel.MEMORY_AND_DISK)  # small: quarantine + count rows
         rows = out.groupBy("kind", "reason").agg(F.sum("n").alias("n")).collect()
         counts = {(r["kind"], r["reason"]): int(r["n"]) for r in rows}
@@ -244,6 +258,8 @@ def run_ingest(
         "inputs": list(inputs),
         "settings": opts.settings(),
         "settings_hash": opts.settings_hash(),
+        "reader": reader,
+        "spark_master": spark.sparkContext.master,
         "outputs": {"photos": photos_path, "quarantine": q_path},
         **acct,
     }
