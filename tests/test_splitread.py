@@ -703,9 +703,7 @@ def test_bz2_split_of_five_bytes_keeps_the_first_line(tmp_path):
     raises=AssertionError,
     reason="BUG: more splits than bytes gives an empty split [0, 0) that reads line 1 again",
 )
-@pytest.mark.parametrize(
-    ("size", "split_bytes", "parallelism"), [(9, 1, 2), (9, 4, 16), (9, 2, 8)]
-)
+@pytest.mark.parametrize(("size", "split_bytes", "parallelism"), [(9, 1, 2), (9, 4, 16), (9, 2, 8)])
 def test_plain_more_splits_than_bytes_reads_first_line_once(
     tmp_path, size, split_bytes, parallelism
 ):

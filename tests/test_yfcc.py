@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 import pytest
+from yfcc_lines import BASE
 
 from faceatlas import synth
 from faceatlas.synth import SynthSpec
@@ -24,31 +25,16 @@ from faceatlas.yfcc import (
 NOW = np.datetime64("2020-01-01T00:00:00", "us")
 
 VALUES = {
+    **BASE,
     "line_number": "17",
     "photo_id": "4514321773",
     "photo_hash": "0f8c1e2d3a4b5c6d7e8f90a1b2c3d4e5",
-    "user_id": "12345678@N00",
-    "user_nickname": "some+user",
-    "date_taken": "2010-05-31 00:05:58.0",
-    "date_uploaded": "1275264358",
     "capture_device": "Canon+EOS+400D+DIGITAL",
     "title": "caf%C3%A9",
     "description": "",
-    "user_tags": "paris,eiffel+tower",
     "machine_tags": "",
-    "longitude": "2.294481",
-    "latitude": "48.858370",
-    "accuracy": "16",
     "page_url": "http://www.flickr.com/photos/12345678@N00/4514321773/",
     "download_url": "http://farm5.staticflickr.com/1234/4514321773_abc.jpg",
-    "license_name": "Attribution+License",
-    "license_url": "http://creativecommons.org/licenses/by/2.0/",
-    "server_id": "1234",
-    "farm_id": "5",
-    "secret": "abcdef0123",
-    "original_secret": "0123abcdef",
-    "original_extension": "jpg",
-    "marker": "0",
 }
 
 

@@ -21,15 +21,10 @@ from urllib.parse import quote_plus
 
 import reverse_geocoder
 
+from faceatlas.ingest import QUARANTINE_REASONS
+
 # Outcome categories the generator can produce, named like the ingest stage's reasons.
-BROKEN_KINDS = (
-    "field_count",
-    "bad_id",
-    "bad_marker",
-    "bad_coordinates",
-    "bad_encoding",
-    "bad_number",
-)
+BROKEN_KINDS = QUARANTINE_REASONS
 FILTER_KINDS = ("zero_coordinates", "holiday_tag")
 
 LICENSES = (
