@@ -6,8 +6,10 @@ The key property: for any file and any split size, the lines of all the splits o
 
 from __future__ import annotations
 
+import bisect
 import bz2
 import gzip
+import itertools
 import os
 import random
 from pathlib import Path
@@ -31,6 +33,7 @@ from faceatlas.splitread import (
 
 _MASK48 = (1 << 48) - 1
 _LETTERS = b"abcdefghijklmnopqrstuvwxyz"
+_TO_LETTERS = bytes(_LETTERS[i % 26] for i in range(256))
 _WORDS = [b"alpha", b"beta", b"gamma", b"delta\tx", b"", b"eps\r", b"zeta eta", b"\xff\xfe"]
 
 
@@ -48,7 +51,7 @@ def _expected(data: bytes) -> list[bytes]:
 
 
 def _letters(rng: random.Random, n: int) -> bytes:
-    return bytes(rng.choice(_LETTERS) for _ in range(n))
+    return rng.randbytes(n).translate(_TO_LETTERS)
 
 
 def _random_text(seed: int, n_lines: int, max_len: int = 60) -> bytes:
@@ -112,10 +115,10 @@ def _magics(path: str, magic: int = BLOCK_MAGIC) -> list[int]:
 
 def _multi_stream(seed: int) -> tuple[bytes, bytes]:
     """(data, compressed): several concatenated bz2 streams, cut mid-line, mixed levels."""
-    data = _vocab_text(seed, 100_000) + _random_text(seed + 1, 2_000) + _vocab_text(seed, 50_000)
+    data = _vocab_text(seed, 60_000) + _random_text(seed + 1, 500) + _vocab_text(seed + 2, 20_000)
     pieces, pos = [], 0
-    # single-block (level 9), multi-block (level 1), empty, single-block (level 5), rest (1)
-    for size, level in [(3_001, 9), (250_003, 1), (0, 9), (20_011, 5)]:
+    # one block (level 9), several (level 1), none, one (level 5), one (level 1), several (1)
+    for size, level in [(3_001, 9), (250_003, 1), (0, 9), (20_011, 5), (40_009, 1)]:
         pieces.append(bz2.compress(data[pos : pos + size], level))
         pos += size
     pieces.append(bz2.compress(data[pos:], 1))
@@ -142,7 +145,7 @@ def files(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
     out["bz2_l1_random"] = (_write(tmp, "random.bz2", bz2.compress(rand, 1)), rand)
     out["bz2_l9_random"] = (_write(tmp, "random9.bz2", bz2.compress(rand, 9)), rand)
 
-    vocab = _vocab_text(3, 90_000)
+    vocab = _vocab_text(3, 60_000)
     out["bz2_l1_vocab"] = (_write(tmp, "vocab.BZ2", bz2.compress(vocab, 1)), vocab)
 
     data, comp = _multi_stream(4)
@@ -167,9 +170,9 @@ def test_data_sets_are_what_they_claim(files):
     assert len(_magics(files["bz2_l1_vocab"][0])) > 3
     assert len(_magics(files["bz2_l9"][0])) == 1
     assert len(_magics(files["bz2_l9_random"][0])) == 1
-    # multi-stream: 1 + several + 0 + 1 + several blocks, 5 end-of-stream markers
-    assert len(_magics(files["bz2_multi"][0])) >= 1 + 3 + 0 + 1 + 2
-    assert len(_magics(files["bz2_multi"][0], EOS_MAGIC)) == 5
+    # multi-stream: 1 + several + 0 + 1 + 1 + several blocks, 6 end-of-stream markers
+    assert len(_magics(files["bz2_multi"][0])) >= 1 + 3 + 0 + 1 + 1 + 2
+    assert len(_magics(files["bz2_multi"][0], EOS_MAGIC)) == 6
     # the mixed data has the awkward bytes the tests claim to cover
     mixed = files["plain"][1]
     assert b"\n\n" in mixed
@@ -185,48 +188,47 @@ def test_data_sets_are_what_they_claim(files):
 # the key property: all splits together give the file's lines, in order, each once
 # ---------------------------------------------------------------------------------------------
 
-# Split sizes below 5 bytes and plans with more splits than bytes hit known bugs (see the
-# xfail tests at the end), so the grids here avoid them.
+# Each split size is paired with one parallelism (1, 2, 3 in turn) to keep the run short;
+# the tiny sizes and plans with more splits than bytes are covered by the tests at the end.
 _GRID = [
-    ("plain", [1, 2, 7, 13, 100, 999, 4_096, 10**9], [1]),
-    ("plain", [2, 7, 13, 100, 999, 4_096, 10**9], [2, 3]),
-    ("bz2_l9", [6, 7, 100, 999, 10**9], [1, 2, 3]),
-    ("gz", [1, 7, 100, 10**9], [1, 3]),
-    ("gz_members", [1, 100], [2]),
-    ("bz2_l1_vocab", [7, 100, 1_000, 4_000, 7_700, 7_800, 20_000, 10**9], [1, 2, 3]),
-    ("bz2_l1_random", [100, 1_000, 30_000, 60_000, 70_000, 150_000, 10**9], [1, 2, 3]),
-    ("bz2_l9_random", [100, 5_000, 10**9], [1, 3]),
-    ("bz2_multi", [7, 100, 1_000, 7_000, 40_000, 10**9], [1, 2, 3]),
+    ("plain", [1, 2, 7, 100, 4_096, 10**9]),
+    ("plain", [7, 2, 13]),
+    ("bz2_l9", [6, 7, 100, 999, 10**9]),
+    ("gz", [1, 100, 10**9]),
+    ("gz_members", [1, 100]),
+    ("bz2_l1_vocab", [7, 100, 4_000, 7_800, 10**9]),
+    ("bz2_l1_random", [100, 30_000, 70_000, 10**9]),
+    ("bz2_l9_random", [100, 10**9]),
+    ("bz2_multi", [7, 100, 7_000, 10**9]),
+]
+_CASES = [
+    (name, size, 1 + (i + j) % 3)
+    for j, (name, sizes) in enumerate(_GRID)
+    for i, size in enumerate(sizes)
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "split_bytes", "parallelism"),
-    [(n, s, p) for n, sizes, pars in _GRID for s in sizes for p in pars],
-)
+@pytest.mark.parametrize(("name", "split_bytes", "parallelism"), _CASES)
 def test_splits_give_every_line_once_in_order(files, name, split_bytes, parallelism):
     path, data = files[name]
     assert _read_all(path, split_bytes, parallelism) == _expected(data)
 
 
-@pytest.mark.parametrize("name", ["bz2_l1_random", "bz2_multi"])
+@pytest.mark.parametrize("name", ["bz2_l1_random", "bz2_l1_vocab"])
 def test_split_sizes_around_bz2_block_sizes(files, name):
+    """Split sizes equal to a compressed block's size and one byte either side."""
     path, data = files[name]
     expected = _expected(data)
-    size = os.path.getsize(path)
     starts = [b // 8 for b in _magics(path)]
-    block_bytes = sorted({b - a for a, b in zip(starts, starts[1:], strict=False)} | {size})
-    sizes = {max(5, b + d) for b in block_bytes[:3] for d in (-1, 0, 1)}
-    sizes |= {max(5, b // 2) for b in block_bytes[:2]}
-    for split_bytes in sorted(sizes):
-        for parallelism in (1, 2):
-            got = _read_all(path, split_bytes, parallelism)
-            assert got == expected, (split_bytes, parallelism)
+    block = starts[2] - starts[1]
+    for split_bytes, parallelism in [(block - 1, 1), (block, 2), (block + 1, 3)]:
+        got = _read_all(path, split_bytes, parallelism)
+        assert got == expected, (split_bytes, parallelism)
 
 
 @pytest.mark.parametrize("name", ["bz2_l1_random", "bz2_l1_vocab", "bz2_multi", "bz2_l9"])
 def test_split_edges_on_and_next_to_block_magics(files, name):
-    """Hand-made edges at the byte holding each block magic, and one byte either side."""
+    """Hand-made edges around the bytes holding each block and end-of-stream magic."""
     path, data = files[name]
     size = os.path.getsize(path)
     edges = {0, size}
@@ -234,11 +236,13 @@ def test_split_edges_on_and_next_to_block_magics(files, name):
         byte = bit // 8
         edges |= {e for e in (byte - 1, byte, byte + 1, byte + 6, byte + 7) if 5 <= e < size}
     edges_sorted = sorted(edges)
-    splits = [Split(path, a, b, size) for a, b in zip(edges_sorted, edges_sorted[1:], strict=False)]
+    splits = [Split(path, a, b, size) for a, b in itertools.pairwise(edges_sorted)]
     parts = _read_splits(splits)
     assert [line for part in parts for line in part] == _expected(data)
-    # each split owning a block magic reads at least the lines of that block (non-trivial)
-    assert sum(1 for part in parts if part) >= len(_magics(path)) - 1
+    # the split holding a block magic's first byte owns that block: it reads its lines
+    for bit in _magics(path):
+        (owner,) = [i for i, s in enumerate(splits) if s.start <= bit // 8 < s.end]
+        assert parts[owner], (bit, splits[owner])
 
 
 @pytest.mark.parametrize("batch_lines", [1, 3, 1_000])
@@ -260,16 +264,14 @@ def test_plain_splits_own_lines_that_start_inside_them(files):
     lines = _expected(data)
     line_starts = [0] + [i + 1 for i, c in enumerate(data) if c == 0x0A and i + 1 < len(data)]
     assert len(line_starts) == len(lines)
-    for split_bytes in (1, 7, 100):
+    for split_bytes in (1, 100):
         splits = plan_splits([(path, len(data))], split_bytes, 1)
         parts = _read_splits(splits)
         for split, part in zip(splits, parts, strict=True):
-            owned = [
-                line
-                for line, q in zip(lines, line_starts, strict=True)
-                if split.start < q <= split.end or q == split.start == 0
-            ]
-            assert part == owned, split
+            # line starts q with start < q <= end; the first split also owns q == 0
+            lo = bisect.bisect_left(line_starts, split.start + (split.start > 0))
+            hi = bisect.bisect_right(line_starts, split.end)
+            assert part == lines[lo:hi], split
 
 
 def test_several_files_in_one_plan(files):
@@ -310,7 +312,7 @@ def test_edge_cases(tmp_path, case, codec):
     data = _EDGE_DATA[case]
     path = _write(tmp_path, f"{case}.{codec}", _encode(codec, data))
     expected = _expected(data)
-    for split_bytes in (6, 7, 10, 100, 10**9):
+    for split_bytes in (1, 2, 3, 5, 6, 7, 10, 100, 10**9):
         for parallelism in (1, 2, 3):
             got = _read_all(path, split_bytes, parallelism)
             assert got == expected, (split_bytes, parallelism)
@@ -353,9 +355,8 @@ def test_line_longer_than_a_bz2_block(tmp_path):
     assert len(_magics(path)) >= 3  # the long line spans several blocks
     expected = [b"short", b"x", long_line, b"after", b"", b"end"]
     assert _expected(data) == expected
-    for split_bytes in (100, 5_000, 30_000, 60_000, 10**9):
-        for parallelism in (1, 3):
-            assert _read_all(path, split_bytes, parallelism) == expected, split_bytes
+    for split_bytes, parallelism in [(100, 1), (30_000, 3), (10**9, 1)]:
+        assert _read_all(path, split_bytes, parallelism) == expected, split_bytes
 
 
 def test_line_longer_than_a_plain_split(tmp_path):
@@ -379,7 +380,7 @@ def test_gz_is_one_split_whatever_the_size(files):
 
 
 def test_truncated_bz2_raises(tmp_path, files):
-    path, data = files["bz2_l1_random"]
+    path, _ = files["bz2_l1_random"]
     raw = Path(path).read_bytes()
     last_block = _magics(path)[-1] // 8
     eos = _magics(path, EOS_MAGIC)[-1] // 8
@@ -387,7 +388,7 @@ def test_truncated_bz2_raises(tmp_path, files):
     with pytest.raises((OSError, EOFError, ValueError)):
         bz2.decompress(cut)  # sanity: really a damaged file
     tpath = _write(tmp_path, "cut.bz2", cut)
-    for split_bytes in (10**9, 60_000, 7_000):
+    for split_bytes in (10**9, 7_000):
         with pytest.raises((OSError, ValueError)):
             _read_all(tpath, split_bytes, 2)
 
@@ -472,7 +473,7 @@ def test_find_magics_on_real_bz2_streams(files):
     raw = Path(files["bz2_multi"][0]).read_bytes()
     # every stream starts "BZh" + level, then its first block magic, byte-aligned
     for magic in (BLOCK_MAGIC, EOS_MAGIC):
-        small = raw[:20_000]
+        small = raw[:3_000]
         assert find_magics(small, magic).tolist() == _ref_magics(small, magic)
     first = find_magics(raw, BLOCK_MAGIC).tolist()
     assert first[0] == 32
@@ -503,7 +504,7 @@ def test_one_block_stream_rebuilds_each_block_of_a_multi_block_file(files):
     assert len(blocks) > 3
     decoded = []
     pos = 0
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         text = bz2.decompress(one_block_stream(comp, a, b))
         assert text
         assert data[pos : pos + len(text)] == text  # a slice at the right place
@@ -518,7 +519,7 @@ def test_one_block_stream_rebuilds_each_block_of_a_multi_block_file(files):
 
 def test_one_block_stream_from_a_slice_of_the_buffer(files):
     """Bit offsets are relative to the buffer given: a byte slice around the block works."""
-    path, data = files["bz2_l1_random"]
+    path, _ = files["bz2_l1_random"]
     comp = Path(path).read_bytes()
     blocks = _magics(path)
     a, b = blocks[1], blocks[2]
@@ -538,7 +539,7 @@ def _check_cover(splits: list[Split], path: str, size: int) -> None:
     assert all(s.path == path and s.size == size for s in splits)
     assert splits[0].start == 0
     assert splits[-1].end == size
-    for a, b in zip(splits, splits[1:], strict=False):
+    for a, b in itertools.pairwise(splits):
         assert a.end == b.start
     assert all(s.start <= s.end for s in splits)
 
@@ -548,6 +549,8 @@ def test_plan_splits_counts_and_cover(ext):
     path = f"/data/f.{ext}"
     for size in (1, 9, 100, 1_000, 12_345, 10**8 + 7):
         for split_bytes in (1, 7, 100, 4_096, 10**6):
+            if size // split_bytes > 5_000:
+                continue  # keep the plans small
             for parallelism in (1, 2, 3, 8):
                 splits = plan_splits([(path, size)], split_bytes, parallelism)
                 _check_cover(splits, path, size)
@@ -555,8 +558,10 @@ def test_plan_splits_counts_and_cover(ext):
                 if n == 1:
                     assert len(splits) == 1
                 else:
-                    assert len(splits) % parallelism == 0
+                    # a multiple of parallelism, unless capped at one byte per split
+                    assert len(splits) % parallelism == 0 or len(splits) == size
                     assert n <= len(splits) < n + parallelism
+                assert all(s.end > s.start for s in splits)  # never an empty split
                 if size >= len(splits):
                     assert all(s.end > s.start for s in splits)
                     assert max(s.end - s.start for s in splits) <= split_bytes
@@ -623,11 +628,6 @@ def test_lines_array(text, lines):
     assert arr.to_pylist() == lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: lines_array(b'') returns [b''] (one empty line) instead of []",
-)
 def test_lines_array_empty_text():
     assert lines_array(b"").to_pylist() == []
 
@@ -657,11 +657,6 @@ def test_local_path(tmp_path, monkeypatch):
     assert local_path("gs://b/k") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: local_path('file://localhost/x/y') gives the relative 'localhost/x/y'",
-)
 def test_local_path_localhost_authority():
     assert local_path("file://localhost/x/y") == "/x/y"
 
@@ -677,17 +672,23 @@ def _require(cond: bool, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: bz2 split [0, e) with e <= 4 owns no block; the next split skips line 1",
+@pytest.mark.parametrize(
+    ("data", "split_bytes", "parallelism"),
+    [
+        (b"first\nsecond\nthird\n", 1, 1),
+        (b"first\nsecond\nthird\n", 2, 1),
+        (b"first\nsecond\nthird\n", 3, 1),
+        (b"first\nsecond\nthird\n", 4, 1),
+        (b"\n", 6, 3),  # 37 bytes: 7 splits rounded up to 9, the first one [0, 4)
+        (_mixed_text(1, 500), 5, 1),  # the first split [0, 4) of ~3 kB
+    ],
 )
-@pytest.mark.parametrize("split_bytes", [1, 2, 3, 4])
-def test_bz2_tiny_first_split_keeps_the_first_line(tmp_path, split_bytes):
-    data = b"first\nsecond\nthird\n"
+def test_bz2_tiny_first_split_keeps_the_first_line(tmp_path, data, split_bytes, parallelism):
     path = _write(tmp_path, "t.bz2", bz2.compress(data, 9))
-    _require(_magics(path) == [32], "the first block magic in byte 4")
-    assert _read_all(path, split_bytes, 1) == [b"first", b"second", b"third"]
+    size = os.path.getsize(path)
+    first = plan_splits([(path, size)], split_bytes, parallelism)[0]
+    _require(_magics(path) == [32] and first.end <= 4, "first block magic in byte 4, past e")
+    assert _read_all(path, split_bytes, parallelism) == _expected(data)
 
 
 def test_bz2_split_of_five_bytes_keeps_the_first_line(tmp_path):
@@ -698,26 +699,28 @@ def test_bz2_split_of_five_bytes_keeps_the_first_line(tmp_path):
     assert _read_all(path, 5, 1) == [b"first", b"second", b"third"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: more splits than bytes gives an empty split [0, 0) that reads line 1 again",
+@pytest.mark.parametrize(
+    ("data", "split_bytes", "parallelism"),
+    [
+        (b"a\nbb\nccc\n", 1, 2),  # 9 bytes, 9 splits rounded up to 10
+        (b"a\nbb\nccc\n", 4, 16),  # 9 bytes, 3 splits rounded up to 16
+        (_EDGE_DATA["tabs"], 10, 128),  # 25 bytes, 3 splits rounded up to 128
+        (b"\n\n", 1, 3),  # 2 bytes, 2 splits rounded up to 3
+    ],
 )
-@pytest.mark.parametrize(("size", "split_bytes", "parallelism"), [(9, 1, 2), (9, 4, 16), (9, 2, 8)])
 def test_plain_more_splits_than_bytes_reads_first_line_once(
-    tmp_path, size, split_bytes, parallelism
+    tmp_path, data, split_bytes, parallelism
 ):
-    data = b"a\nbb\nccc\n"
     path = _write(tmp_path, "t.txt", data)
-    splits = plan_splits([(path, size)], split_bytes, parallelism)
-    _require(len(data) == size and splits[0] == Split(path, 0, 0, size), "an empty first split")
-    assert _read_all(path, split_bytes, parallelism) == [b"a", b"bb", b"ccc"]
+    splits = plan_splits([(path, len(data))], split_bytes, parallelism)
+    assert all(s.end > s.start for s in splits)
+    assert _read_all(path, split_bytes, parallelism) == _expected(data)
 
 
 def _aligned_truncation() -> tuple[bytes, bytes]:
     """(data, file cut exactly at a byte-aligned block magic that is not the first)."""
     for seed in range(100):
-        data = _random_text(100 + seed, 8_000)
+        data = _random_text(100 + seed, 7_000)
         comp = bz2.compress(data, 1)
         aligned = [b for b in find_magics(comp, BLOCK_MAGIC).tolist()[1:] if b % 8 == 0]
         if aligned:
@@ -725,17 +728,12 @@ def _aligned_truncation() -> tuple[bytes, bytes]:
     pytest.fail("no bz2 file with a byte-aligned block magic found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a bz2 file cut exactly at a byte-aligned block magic reads without error",
-)
 def test_bz2_truncated_at_a_block_boundary_raises(tmp_path):
     data, cut = _aligned_truncation()
     try:
         bz2.decompress(cut)
         pytest.fail("the bz2 module should see the file is incomplete")
-    except EOFError:
+    except (EOFError, ValueError):
         pass
     path = _write(tmp_path, "cut.bz2", cut)
     try:

@@ -71,6 +71,7 @@ def plan_splits(files: list[tuple[str, int]], split_bytes: int, parallelism: int
         n = max(1, -(-size // split_bytes))
         if n > 1 and parallelism > 1:
             n = -(-n // parallelism) * parallelism
+        n = min(n, size)  # never an empty split
         edges = [size * i // n for i in range(n + 1)]
         splits.extend(Split(path, a, b, size) for a, b in pairwise(edges))
     return splits
@@ -130,9 +131,16 @@ class _Bz2Blocks:
         return pos[pos < (end - start) * 8] + start * 8
 
     def block_end(self, bit_start: int) -> int:
-        """Bit offset of the block magic after the block at bit_start (or the file's end)."""
+        """Bit offset of the block magic after the block at bit_start; for the file's last
+        block, of the end-of-stream marker, whose absence means a truncated file."""
         nxt = self.next_block(bit_start)
-        return self.size * 8 if nxt is None else nxt
+        if nxt is not None:
+            return nxt
+        eos = self.markers(bit_start // 8, self.size, EOS_MAGIC)
+        eos = eos[eos > bit_start]
+        if not eos.size:
+            raise OSError(f"bzip2 data ends inside a block at bit {bit_start}: truncated file?")
+        return int(eos[0])
 
     def next_block(self, after_bit: int) -> int | None:
         """Bit offset of the first block magic after bit `after_bit`, None at the end."""
@@ -240,12 +248,20 @@ def read_split(split: Split) -> Iterator[bytes]:
                 chunks = ((c, True) for c in iter(lambda: g.read(8 << 20), b""))
                 yield from _owned_text(chunks, skip_first=False)
             return
-        chunks = _bz2_chunks(f, split) if split.codec == "bz2" else _plain_chunks(f, split)
-        yield from _owned_text(chunks, skip_first=split.start != 0)
+        if split.codec == "bz2":
+            # The first block's magic sits at byte 4, after the header: its owner keeps
+            # the first line.
+            yield from _owned_text(_bz2_chunks(f, split), skip_first=split.start > 4)
+            return
+        if split.end <= split.start:
+            return  # an empty split owns no line
+        yield from _owned_text(_plain_chunks(f, split), skip_first=split.start != 0)
 
 
 def lines_array(text: bytes) -> pa.Array:
     """Split text at newlines into a binary array of lines (no newline, no trailing empty)."""
+    if not text:
+        return pa.array([], pa.large_binary())
     d = np.frombuffer(text, dtype=np.uint8)
     nl = np.flatnonzero(d == 0x0A)
     ends = nl if (len(d) and d[-1] == 0x0A) else np.append(nl, len(d))
@@ -278,6 +294,8 @@ def iter_line_batches(split: Split, batch_lines: int = 10_000) -> Iterator[pa.Ar
 
 def local_path(uri: str) -> str | None:
     """The local path of a file: URI or plain path; None for other filesystems."""
+    if uri.startswith("file://localhost/"):
+        return uri[len("file://localhost") :]
     if uri.startswith("file://"):
         return uri[len("file://") :]
     if uri.startswith("file:"):
