@@ -44,12 +44,14 @@ def make_input(lines: int, geotagged: float, seed: int) -> Path:
     return path
 
 
-def floor(path: Path) -> tuple[int, float]:
+def floor(path: Path, sink: str = "| wc -l") -> tuple[int, float]:
+    """Lines and seconds of `bzip2 -dc FILE` into `sink` (the issue's floor: `| wc -l`)."""
     t0 = time.time()
     out = subprocess.run(
-        f"bzip2 -dc '{path}' | wc -l", shell=True, check=True, capture_output=True, text=True
+        f"bzip2 -dc '{path}' {sink}", shell=True, check=True, capture_output=True, text=True
     )
-    return int(out.stdout.strip()), time.time() - t0
+    lines = int(out.stdout.strip()) if out.stdout.strip() else 0
+    return lines, time.time() - t0
 
 
 def _rss_kib(pid: int, key: str) -> int:
@@ -146,6 +148,8 @@ def main() -> int:
     floor_rate = n / t_floor
     print(f"floor: bzip2 -dc | wc -l: {n:,} lines in {t_floor:.1f} s = {floor_rate:,.0f} lines/s "
           "(1 core)")  # fmt: skip
+    _, t_null = floor(path, "> /dev/null")
+    print(f"  for reference, bzip2 -dc > /dev/null: {n / t_null:,.0f} lines/s")
 
     from faceatlas.ingest import IngestOptions
     from faceatlas.spark_ingest import run_ingest
@@ -169,10 +173,12 @@ def main() -> int:
         "ingest_lines_per_s_per_core": round(per_core),
         "floor_lines_per_s": round(floor_rate),
         "ratio_to_floor": round(per_core / floor_rate, 3),
+        "bzip2_to_devnull_lines_per_s": round(n / t_null),
         **{k: round(v, 1) if isinstance(v, float) else v for k, v in mem.items()},
     }
+    ratio = per_core / floor_rate
     print(f"ingest (Spark local[{args.cores}]): {stats['lines_read']:,} lines in {wall:.1f} s = "
-          f"{per_core:,.0f} lines/s per core; ratio to the floor {per_core / floor_rate:.2f}")  # fmt: skip
+          f"{per_core:,.0f} lines/s per core; ratio to the floor {ratio:.2f}")  # fmt: skip
     print(f"peak memory: driver Python {mem['driver_python_mib']:.0f} MiB, driver JVM "
           f"{mem['driver_jvm_mib']:.0f} MiB, largest Python worker "
           f"{mem['worker_python_max_mib']:.0f} MiB")  # fmt: skip

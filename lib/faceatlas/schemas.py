@@ -55,6 +55,10 @@ PHOTOS = pa.schema(
     ]
 )
 PHOTOS_PARTITIONS = ("continent", "country")
+# Repetitive text columns, worth dictionary-encoding in Parquet.
+PHOTOS_DICTIONARY = ("user_id", "user_nickname", "capture_device", "license_name", "license_url",
+                     "license_code", "original_extension", "place", "admin1", "country_name",
+                     "source_file")  # fmt: skip
 
 # ROOT/quarantine/ingest/: one row per line that could not be parsed.
 QUARANTINE_INGEST = pa.schema(

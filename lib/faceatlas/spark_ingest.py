@@ -61,7 +61,8 @@ class _PhotoSink:
         if self.pending:
             table = pa.concat_tables(self.pending)
             stem = f"part-{self.task_key}-{self.seq:03d}"
-            write_partitioned(table, self.staging, schemas.PHOTOS_PARTITIONS, stem, ["photo_id"])
+            write_partitioned(table, self.staging, schemas.PHOTOS_PARTITIONS, stem, ["photo_id"],
+                              schemas.PHOTOS_DICTIONARY)  # fmt: skip
         self.pending, self.rows, self.seq = [], 0, self.seq + 1
 
 
