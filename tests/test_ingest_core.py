@@ -725,6 +725,13 @@ def test_expand_licenses(values: list[str] | None, expected: tuple[str, ...] | N
     assert expand_licenses(values) == expected
 
 
+@pytest.mark.parametrize("typo", ["by-nx", "cc-by", "reuse,bx"])
+def test_expand_licenses_rejects_unknown_codes(typo: str) -> None:
+    # A typo would otherwise filter out every photo without a word.
+    with pytest.raises(ValueError, match="unknown licence"):
+        expand_licenses([typo])
+
+
 def test_expand_licenses_reuse_preset_is_commercial_and_adaptable() -> None:
     reuse = expand_licenses(["reuse"])
     assert reuse is not None

@@ -50,8 +50,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from faceatlas.spark_ingest import IngestError, run_ingest
 
     deny = () if args.no_deny_tags else (_csv_list(args.deny_tags) or DEFAULT_DENY_TAGS)
+    try:
+        licenses = expand_licenses(args.license)
+    except ValueError as e:
+        print(f"faceatlas ingest: {e}", file=sys.stderr)
+        return 2
     opts = IngestOptions(
-        licenses=expand_licenses(args.license),
+        licenses=licenses,
         min_accuracy=args.min_accuracy,
         deny_tags=deny,
         max_place_km=args.max_place_km,

@@ -84,6 +84,7 @@ LICENSE_PRESETS: dict[str, tuple[str, ...]] = {
     "reuse": ("by", "by-sa", "cc0", "pdm"),
     "noncommercial": ("by", "by-sa", "by-nc", "by-nc-sa", "cc0", "pdm"),
 }
+LICENSE_CODES = ("by", "by-sa", "by-nd", "by-nc", "by-nc-sa", "by-nc-nd", "cc0", "pdm")
 INT32_MAX = 2**31 - 1
 TEXT_FIELDS = ("user_nickname", "capture_device", "title", "description", "license_name")
 # Fields stored as they are (not URL-encoded in the files), still checked to be UTF-8.
@@ -126,6 +127,9 @@ def expand_licenses(values: Sequence[str] | None) -> tuple[str, ...] | None:
             part = part.strip().lower()
             if not part or part == "all":
                 continue
+            if part not in LICENSE_PRESETS and part not in LICENSE_CODES:
+                choices = ", ".join((*LICENSE_CODES, *LICENSE_PRESETS, "all"))
+                raise ValueError(f"unknown licence {part!r}; choose from {choices}")
             out.extend(LICENSE_PRESETS.get(part, (part,)))
     return tuple(dict.fromkeys(out)) or None
 
