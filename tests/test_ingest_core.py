@@ -21,9 +21,10 @@ from faceatlas.ingest import (
     QUARANTINE_REASONS,
     BatchResult,
     IngestOptions,
+    accounting,
+    counts_batch,
     expand_licenses,
     ingest_batch,
-    to_ingest_out,
 )
 from faceatlas.synth import SynthSpec, Truth
 
@@ -643,60 +644,36 @@ def test_namibia_and_north_america(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# to_ingest_out
+# counts_batch: what a task hands back to the driver
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_to_ingest_out(layout: str) -> None:
-    lines, _, result = synth_run(layout)
-    batch = to_ingest_out(result)
-    assert batch.schema == schemas.INGEST_OUT
-    counted = {k: v for k, v in result.counts.items() if k[0] != "quarantine"}
-    assert len(counted) >= 4  # kept, not_geotagged, zero_coordinates, holiday_tag, video
-    # One row per quarantined line, then one count row per other (kind, reason).
-    assert batch.num_rows == result.quarantine.num_rows + len(counted)
-    n = batch.column("n").to_pylist()
-    assert sum(n) == len(lines)
-    kinds = batch.column("kind").to_pylist()
-    reasons = batch.column("reason").to_pylist()
-    summed: Counter = Counter()
-    for k, r, c in zip(kinds, reasons, n, strict=True):
-        summed[(k, r)] += c
-    assert summed == result.counts
-    q_rows = slice(0, result.quarantine.num_rows)
-    assert batch.column("raw_line").to_pylist()[q_rows] == (
-        result.quarantine.column("raw_line").to_pylist()
-    )
-    # Count rows carry no line data.
-    assert all(v is None for v in batch.column("raw_line").to_pylist()[q_rows.stop :])
-
-
-def test_to_ingest_out_with_kept_photos_and_nothing_else() -> None:
-    result = run([make_line(photo_id="1"), make_line(photo_id="2")])
-    batch = to_ingest_out(result)
-    assert batch.schema == schemas.INGEST_OUT
-    assert batch.column("kind").to_pylist() == ["kept"]
-    assert batch.column("n").to_pylist() == [2]
-    assert batch.column("raw_line").to_pylist() == [None]
-
-
-NO_KEPT_CASES = {
-    "empty": ([], 0),
-    "filtered_only": ([make_line(latitude="", longitude="")] * 3, 1),
-    "video_only": ([make_line(marker="1")], 1),
-    "quarantine_only": ([b"short\tline"], 1),
-}
-
-
-@pytest.mark.parametrize(("lines", "rows"), list(NO_KEPT_CASES.values()), ids=list(NO_KEPT_CASES))
-def test_to_ingest_out_without_kept_photos(lines: list[bytes], rows: int) -> None:
-    result = run(lines)
-    assert result.photos.num_rows == 0
-    batch = to_ingest_out(result)
-    assert batch.schema == schemas.INGEST_OUT
-    assert batch.num_rows == rows
+def test_counts_batch_round_trips_the_counts(layout: str) -> None:
+    lines, truth, result = synth_run(layout)
+    batch = counts_batch(result.counts)
+    assert batch.schema == schemas.INGEST_COUNTS
+    got = Counter()
+    for row in batch.to_pylist():
+        got[(row["kind"], row["reason"])] += row["n"]
+    assert got == truth.counts
     assert sum(batch.column("n").to_pylist()) == len(lines)
+    assert accounting(got)["lines_read"] == len(lines)
+
+
+def test_counts_batch_of_nothing_is_empty() -> None:
+    batch = counts_batch(Counter())
+    assert batch.num_rows == 0 and batch.schema == schemas.INGEST_COUNTS
+
+
+def test_accounting_rejects_undocumented_outcomes() -> None:
+    with pytest.raises(AssertionError, match="outside the documented sets"):
+        accounting(Counter({("quarantine", "made_up"): 1}))
+    acct = accounting(Counter({("kept", "kept"): 3, ("filtered", "license"): 2,
+                               ("quarantine", "bad_id"): 1, ("video", "video"): 4}))  # fmt: skip
+    assert acct["lines_read"] == 10
+    assert acct["filtered"]["license"] == 2 and acct["filtered"]["not_geotagged"] == 0
+    assert acct["quarantined_total"] == 1 and acct["videos"] == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,6 +156,12 @@ def test_empty_file_gives_empty_tables(spark, tmp_path):
                        IngestOptions())  # fmt: skip
     assert stats["lines_read"] == 0 and stats["photos_kept"] == 0
     assert (tmp_path / "root" / "photos" / "_SUCCESS").exists()
+    # Empty tables still carry their schema, for the stages that read them.
+    photos = _photos(spark, tmp_path / "root")
+    assert photos.count() == 0
+    assert {"photo_id", "country", "continent", "title"} <= set(photos.columns)
+    q = spark.read.parquet(str(tmp_path / "root" / "quarantine" / "ingest"))
+    assert q.count() == 0 and "reason" in q.columns
 
 
 @pytest.mark.slow

@@ -326,30 +326,17 @@ def _geocode(lat: np.ndarray, lon: np.ndarray, enabled: bool) -> dict[str, np.nd
             "continent": empty, "place_km": np.full(n, np.nan)}  # fmt: skip
 
 
-def to_ingest_out(result: BatchResult) -> pa.RecordBatch:
-    """Pack one batch's quarantine rows and (kind, reason, n) count rows into INGEST_OUT.
-
-    Quarantined lines come as their own rows (n = 1) and never also as a count row.
-    """
-    q = result.quarantine
-    counted = [(k, v) for k, v in sorted(result.counts.items()) if k[0] != "quarantine"]
-    n_q, n_c = q.num_rows, len(counted)
-    cols = []
-    for f in schemas.INGEST_OUT:
-        if f.name == "kind":
-            col = pa.array(["quarantine"] * n_q + [k[0] for k, _ in counted], f.type)
-        elif f.name == "n":
-            col = pa.array([1] * n_q + [v for _, v in counted], f.type)
-        elif f.name == "reason":
-            col = pa.array(q.column("reason").to_pylist() + [k[1] for k, _ in counted], f.type)
-        else:
-            col = pa.concat_arrays([_single(q.column(f.name), f.type), pa.nulls(n_c, f.type)])
-        cols.append(col)
-    return pa.RecordBatch.from_arrays(cols, schema=schemas.INGEST_OUT)
-
-
-def _single(col: pa.ChunkedArray, t: pa.DataType) -> pa.Array:
-    return col.combine_chunks().cast(t) if col.num_chunks else pa.array([], t)
+def counts_batch(counts: Counter) -> pa.RecordBatch:
+    """(kind, reason) -> lines as an INGEST_COUNTS batch, sorted for reproducibility."""
+    items = sorted(counts.items())
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([k for (k, _), _ in items], pa.string()),
+            pa.array([r for (_, r), _ in items], pa.string()),
+            pa.array([n for _, n in items], pa.int64()),
+        ],
+        schema=schemas.INGEST_COUNTS,
+    )
 
 
 def accounting(counts: dict[tuple[str, str], int]) -> dict:

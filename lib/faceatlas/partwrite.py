@@ -85,3 +85,12 @@ def write_partitioned(
         fs.move(tmp, final)
         written.append((final, b - a))
     return written
+
+
+def write_empty(base_uri: str, schema: pa.Schema, stem: str = "part-empty") -> str:
+    """One Parquet file with no rows, so that an empty table still has its schema."""
+    fs, base = filesystem(base_uri)
+    fs.create_dir(base, recursive=True)
+    path = f"{base}/{stem}.parquet"
+    pq.write_table(schema.empty_table(), path, filesystem=fs)
+    return path

@@ -72,11 +72,10 @@ QUARANTINE_INGEST = pa.schema(
     ]
 )
 
-# What each ingest task hands back to the driver: one row per quarantined line, and count
-# rows (kind, reason, n) for everything else. Kept photos are not in it: tasks write them as
-# Parquet themselves (partwrite.py). Counts travel with the quarantine rows through Spark,
-# so the accounting is exactly-once like the rows.
-INGEST_OUT = pa.schema([("kind", pa.string()), ("n", pa.int64()), *QUARANTINE_INGEST])
+# What each ingest task hands back to the driver: its lines counted by outcome. Rows go
+# to Parquet from the tasks themselves (partwrite.py); the counts travel through Spark,
+# which keeps only successful attempts' results, so the accounting is exactly-once.
+INGEST_COUNTS = pa.schema([("kind", pa.string()), ("reason", pa.string()), ("n", pa.int64())])
 
 _SPARK_TYPES = {
     pa.int8(): "TINYINT",

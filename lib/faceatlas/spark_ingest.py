@@ -3,10 +3,10 @@
 Local input files are cut into splits that the tasks read themselves (splitread.py: bzip2
 block splitting with libbz2, far faster than Hadoop's Java codec); other URIs (hdfs://,
 s3a://, ...) go through Spark's text source. Either way every task runs the plain-Python
-core on Arrow batches inside mapInArrow, writes its kept photos as Parquet into a staging
-folder (partwrite.py) and hands back only quarantine rows and count rows, which give the
-accounting and ROOT/quarantine/ingest/. Both tables are moved into place only when
-complete, so a re-run replaces them whole: same rows, no duplicates.
+core on Arrow batches inside mapInArrow, writes its kept photos and quarantined lines as
+Parquet into staging folders (partwrite.py) and hands back only its counts by outcome.
+The driver adds them up into the accounting and moves both tables into place only when
+the job has succeeded, so a re-run replaces them whole: same rows, no duplicates.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
 from faceatlas import __version__, schemas
 from faceatlas.ingest import IngestOptions, accounting
+from faceatlas.partwrite import write_empty
 from faceatlas.splitread import Split, local_path, plan_splits
 from faceatlas.storage import HadoopFS, normalize_root, table_path, write_stats
 
@@ -33,25 +35,35 @@ class IngestError(RuntimeError):
     """A problem with the job's input or settings, reported without a Java stack trace."""
 
 
-class _PhotoSink:
-    """Collects a task's kept photos and writes them as partitioned Parquet files.
+@dataclass(frozen=True)
+class _Staging:
+    """Where a run's tasks write, before the driver moves the finished tables into place."""
 
-    Rows are held until FLUSH_ROWS (a 32 MB bzip2 split keeps about 125k), so each
-    country gets one file per task rather than one tiny file per batch.
+    photos: str
+    quarantine: str
+
+
+class _TableSink:
+    """Collects a task's rows of one table and writes them as Parquet files.
+
+    Rows are held until FLUSH_ROWS (a 32 MB bzip2 split keeps about 125k photos), so a
+    task writes one file per partition rather than one tiny file per batch. File names
+    come from the task's split and a sequence number: a retried attempt rewrites them.
     """
 
     FLUSH_ROWS = 400_000
 
-    def __init__(self, staging: str, task_key: str) -> None:
-        self.staging, self.task_key = staging, task_key
+    def __init__(self, base: str, task_key: str, partition_cols=(), dictionary_cols=()) -> None:
+        self.base, self.task_key = base, task_key
+        self.partition_cols, self.dictionary_cols = partition_cols, dictionary_cols
         self.pending: list[pa.Table] = []
         self.rows = 0
         self.seq = 0
 
-    def add(self, photos: pa.Table) -> None:
-        if photos.num_rows:
-            self.pending.append(photos)
-            self.rows += photos.num_rows
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.rows += table.num_rows
             if self.rows >= self.FLUSH_ROWS:
                 self.flush()
 
@@ -59,49 +71,58 @@ class _PhotoSink:
         from faceatlas.partwrite import write_partitioned
 
         if self.pending:
-            table = pa.concat_tables(self.pending)
             stem = f"part-{self.task_key}-{self.seq:03d}"
-            write_partitioned(table, self.staging, schemas.PHOTOS_PARTITIONS, stem, ["photo_id"],
-                              schemas.PHOTOS_DICTIONARY)  # fmt: skip
+            write_partitioned(pa.concat_tables(self.pending), self.base, self.partition_cols,
+                              stem, ["photo_id"], self.dictionary_cols)  # fmt: skip
         self.pending, self.rows, self.seq = [], 0, self.seq + 1
 
 
-def _run_batches(
+def _run_task(
     line_batches: Iterator[tuple[pa.Array, pa.Array | str]],
     opts: IngestOptions,
-    sink: _PhotoSink,
+    staging: _Staging,
+    task_key: str,
 ) -> Iterator[pa.RecordBatch]:
-    """The task body shared by both readers: core per batch, photos to the sink."""
-    from faceatlas.ingest import ingest_batch, to_ingest_out
+    """The task body for both readers: the core per batch, rows to Parquet, then the
+    task's counts as the only thing handed back to Spark."""
+    from faceatlas.ingest import counts_batch, ingest_batch
 
-    t0, totals = time.time(), Counter()
+    photos = _TableSink(staging.photos, task_key, schemas.PHOTOS_PARTITIONS,
+                        schemas.PHOTOS_DICTIONARY)  # fmt: skip
+    quarantine = _TableSink(staging.quarantine, task_key)
+    t0, counts = time.time(), Counter()
     for lines, sources in line_batches:
         result = ingest_batch(lines, sources, opts)
-        sink.add(result.photos)
-        totals.update({k[0]: v for k, v in result.counts.items()})
-        yield to_ingest_out(result)
-    sink.flush()
-    if totals:
-        n, dt = sum(totals.values()), time.time() - t0
+        photos.add(result.photos)
+        quarantine.add(result.quarantine)
+        counts.update(result.counts)
+    photos.flush()
+    quarantine.flush()
+    if counts:
+        n, dt = sum(counts.values()), time.time() - t0
+        kinds = Counter()
+        for (kind, _), v in counts.items():
+            kinds[kind] += v
         log.warning(
             "ingest task %s: %d lines in %.1f s (%.0f lines/s): %s",
-            sink.task_key, n, dt, n / max(dt, 1e-9), dict(totals),
+            task_key, n, dt, n / max(dt, 1e-9), dict(kinds),
         )  # fmt: skip
+    yield counts_batch(counts)
 
 
-def _lines_fn(opts: IngestOptions, staging: str):
+def _lines_fn(opts: IngestOptions, staging: _Staging):
     """mapInArrow over (value, source_file) rows from Spark's text source."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        sink = _PhotoSink(staging, f"t{TaskContext.get().partitionId():05d}")
-        yield from _run_batches(((b.column(0), b.column(1)) for b in batches), opts, sink)
+        key = f"t{TaskContext.get().partitionId():05d}"
+        yield from _run_task(((b.column(0), b.column(1)) for b in batches), opts, staging, key)
 
     return run
 
 
-def _splits_fn(opts: IngestOptions, staging: str, batch_lines: int):
+def _splits_fn(opts: IngestOptions, staging: _Staging, batch_lines: int):
     """mapInArrow over split rows (split_id, path, start, end, size): a task reads its own."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -111,9 +132,8 @@ def _splits_fn(opts: IngestOptions, staging: str, batch_lines: int):
             for row in batch.to_pylist():
                 split = Split(row["path"], row["start"], row["end"], row["size"])
                 source = "file://" + split.path
-                sink = _PhotoSink(staging, f"s{row['split_id']:05d}")
                 lines = ((arr, source) for arr in iter_line_batches(split, batch_lines))
-                yield from _run_batches(lines, opts, sink)
+                yield from _run_task(lines, opts, staging, f"s{row['split_id']:05d}")
 
     return run
 
@@ -159,9 +179,9 @@ READERS = ("auto", "spark")
 
 
 def read_and_parse(
-    spark, inputs: Sequence[str], opts: IngestOptions, staging: str, reader: str = "auto"
+    spark, inputs: Sequence[str], opts: IngestOptions, staging: _Staging, reader: str = "auto"
 ):
-    """The INGEST_OUT DataFrame of all inputs (tasks write kept photos under `staging`).
+    """The INGEST_COUNTS DataFrame of all inputs; its tasks write the tables to `staging`.
 
     reader "auto": local files through splitread, other URIs through Spark's text source;
     "spark": everything through Spark's text source (Hadoop codecs).
@@ -171,7 +191,7 @@ def read_and_parse(
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    ddl = schemas.spark_ddl(schemas.INGEST_OUT)
+    ddl = schemas.spark_ddl(schemas.INGEST_COUNTS)
     if reader == "spark":
         local, remote = [], list(inputs)
     else:
@@ -208,9 +228,6 @@ def run_ingest(
     reader: str = "auto",
 ) -> dict:
     """Ingest metadata files into ROOT/photos and ROOT/quarantine/ingest; return the stats."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     if not inputs:
         raise IngestError("no input files given")
     root = normalize_root(root)
@@ -218,35 +235,25 @@ def run_ingest(
     fs = HadoopFS(spark)
     photos_path = table_path(root, "photos")
     q_path = table_path(root, "quarantine", "ingest")
-    fs.clean_temp_siblings(photos_path)
-    fs.clean_temp_siblings(q_path)
-    staging = fs.temp_sibling(photos_path)
+    for path in (photos_path, q_path):
+        fs.clean_temp_siblings(path)
+    staging = _Staging(fs.temp_sibling(photos_path), fs.temp_sibling(q_path))
     try:
-        out = read_and_parse(spark, inputs, opts, staging, reader)
-        out = out.persist(StorageLevel.MEMORY_AND_DISK)  # small: quarantine + count rows
-        rows = out.groupBy("kind", "reason").agg(F.sum("n").alias("n")).collect()
-        counts = {(r["kind"], r["reason"]): int(r["n"]) for r in rows}
+        rows = read_and_parse(spark, inputs, opts, staging, reader).collect()
+        counts = Counter()
+        for r in rows:
+            counts[(r["kind"], r["reason"])] += int(r["n"])
         acct = accounting(counts)
-        log.info("ingest: tasks done, accounting collected after %.1f s", time.time() - t0)
-        if not fs.exists(staging):  # no photo kept at all: still an (empty) table
-            fs.mkdirs(staging)
-        fs.write_text(table_path(staging, "_SUCCESS"), "")
-
-        q_tmp = fs.temp_sibling(q_path)
-        q_cols = [f.name for f in schemas.QUARANTINE_INGEST]
-        (
-            out.where(F.col("kind") == "quarantine")
-            .select(*q_cols)
-            .repartition(1)
-            .write.mode("overwrite")
-            .parquet(q_tmp)
-        )
-        out.unpersist()
-        log.info("ingest: quarantine written after %.1f s", time.time() - t0)
-        fs.replace(staging, photos_path)
-        fs.replace(q_tmp, q_path)
+        for path, schema in ((staging.photos, schemas.PHOTOS),
+                             (staging.quarantine, schemas.QUARANTINE_INGEST)):  # fmt: skip
+            if not fs.exists(path):  # nothing kept, or nothing quarantined: an empty table
+                write_empty(path, schema)
+            fs.write_text(table_path(path, "_SUCCESS"), "")
+        fs.replace(staging.photos, photos_path)
+        fs.replace(staging.quarantine, q_path)
     except BaseException:
-        fs.delete(staging)
+        fs.delete(staging.photos)
+        fs.delete(staging.quarantine)
         raise
 
     seconds = time.time() - t0
