@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -221,27 +222,36 @@ def plan(spec: SynthSpec) -> list[str]:
     return kinds
 
 
+def iter_lines(spec: SynthSpec, truth: Truth) -> Iterator[str]:
+    """Lines (without newlines) one by one, filling in `truth` as they go."""
+    maker = _LineMaker(spec)
+    for i, kind in enumerate(plan(spec)):
+        truth.counts[_outcome(kind)] += 1
+        yield maker.make(spec.first_id + i, kind, truth)
+
+
 def generate(spec: SynthSpec) -> tuple[list[str], Truth]:
     """Lines (without newlines) and the truth about them."""
-    maker = _LineMaker(spec)
     truth = Truth()
-    lines = []
-    for i, kind in enumerate(plan(spec)):
-        lines.append(maker.make(spec.first_id + i, kind, truth))
-        truth.counts[_outcome(kind)] += 1
-    return lines, truth
+    return list(iter_lines(spec, truth)), truth
 
 
-def write(path: str | os.PathLike, spec: SynthSpec) -> Truth:
-    """Write a metadata file (bzip2-compressed when the name ends in .bz2)."""
-    lines, truth = generate(spec)
-    data = ("\n".join(lines) + "\n").encode("utf-8")
+def write(path: str | os.PathLike, spec: SynthSpec, chunk_lines: int = 20_000) -> Truth:
+    """Write a metadata file (bzip2-compressed when the name ends in .bz2), streaming, so
+    that millions of lines need no more memory than their truth."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".bz2":
-        tmp.write_bytes(bz2.compress(data, 9))
-    else:
-        tmp.write_bytes(data)
+    truth = Truth()
+    compress = path.suffix == ".bz2"
+    with bz2.open(tmp, "wb", compresslevel=9) if compress else open(tmp, "wb") as out:
+        chunk: list[str] = []
+        for line in iter_lines(spec, truth):
+            chunk.append(line)
+            if len(chunk) >= chunk_lines:
+                out.write(("\n".join(chunk) + "\n").encode("utf-8"))
+                chunk = []
+        if chunk:
+            out.write(("\n".join(chunk) + "\n").encode("utf-8"))
     tmp.replace(path)
     return truth
