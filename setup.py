@@ -32,6 +32,7 @@ setup(
         "reverse_geocoder==1.5.1",
         "pycountry-convert==0.7.2",
         "pycountry>=22",
+        "pillow>=10",
     ],
     extras_require={
         # Later stages; pinned where ../shared/ENVIRONMENT.md says it matters.
