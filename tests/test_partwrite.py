@@ -257,3 +257,11 @@ def test_write_through_file_uri(tmp_path):
         assert sum(n for _, n in written) == 60
         assert all(p.startswith(str(tmp_path)) for p, _ in written)
     assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
+
+
+def test_no_partitions_and_no_sort_keeps_row_order(tmp_path):
+    table = pa.table({"photo_id": [3, None, 1], "reason": ["b", "a", "c"]})
+    written = write_partitioned(table, str(tmp_path / "q"), (), "part-s00001-000")
+    assert written == [(str(tmp_path / "q" / "part-s00001-000.parquet"), 3)]
+    back = pq.read_table(written[0][0])
+    assert back.column("photo_id").to_pylist() == [3, None, 1]

@@ -199,9 +199,7 @@ def _truncate_raw(lines: pa.Array, limit: int) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def ingest_batch(
-    lines: pa.Array, sources: pa.Array | str, opts: IngestOptions, geocode: bool = True
-) -> BatchResult:
+def ingest_batch(lines: pa.Array, sources: pa.Array | str, opts: IngestOptions) -> BatchResult:
     """Classify, parse and geocode one batch of raw metadata lines (binary or string)."""
     n = len(lines)
     if isinstance(sources, str):
@@ -264,7 +262,7 @@ def ingest_batch(
 
     # Geocode what is left; `sub` are the kept rows' positions within `rows`.
     sub = np.flatnonzero(out.open[rows])
-    geo = _geocode(lat[rows[sub]], lon[rows[sub]], geocode)
+    geo = place_index().lookup(lat[rows[sub]], lon[rows[sub]])
     if opts.max_place_km is not None:
         too_far = geo["place_km"] > opts.max_place_km
         out.set(too_far, "filtered", "far_from_place", "", rows[sub])
@@ -317,15 +315,6 @@ def ingest_batch(
     return BatchResult(photos=photos, quarantine=quarantine, counts=out.counts())
 
 
-def _geocode(lat: np.ndarray, lon: np.ndarray, enabled: bool) -> dict[str, np.ndarray]:
-    if enabled:
-        return place_index().lookup(lat, lon)
-    n = len(lat)
-    empty = np.full(n, None, dtype=object)
-    return {"country": empty, "admin1": empty, "place": empty, "country_name": empty,
-            "continent": empty, "place_km": np.full(n, np.nan)}  # fmt: skip
-
-
 def counts_batch(counts: Counter) -> pa.RecordBatch:
     """(kind, reason) -> lines as an INGEST_COUNTS batch, sorted for reproducibility."""
     items = sorted(counts.items())
@@ -345,9 +334,7 @@ def accounting(counts: dict[tuple[str, str], int]) -> dict:
     lines_read = photos_kept + videos + filtered (by reason) + quarantined (by reason);
     an outcome outside the documented sets is a bug and raises.
     """
-    by = Counter()
-    for key, n in counts.items():
-        by[key] += n
+    by = Counter(counts)
     known = {("kept", "kept"), ("video", "video")}
     known |= {("filtered", r) for r in FILTER_REASONS}
     known |= {("quarantine", r) for r in QUARANTINE_REASONS}

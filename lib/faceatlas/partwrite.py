@@ -53,7 +53,8 @@ def write_partitioned(
         return []
     fs, base = filesystem(base_uri)
     keys = [(c, "ascending") for c in (*partition_cols, *sort_cols)]
-    table = table.sort_by(keys)
+    if keys:  # otherwise rows keep their order (e.g. quarantined lines, in file order)
+        table = table.sort_by(keys)
     parts = [pc.fill_null(table.column(c), "").to_numpy(zero_copy_only=False) for c in
              partition_cols]  # fmt: skip
     n = table.num_rows

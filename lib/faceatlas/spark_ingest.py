@@ -53,9 +53,12 @@ class _TableSink:
 
     FLUSH_ROWS = 400_000
 
-    def __init__(self, base: str, task_key: str, partition_cols=(), dictionary_cols=()) -> None:
+    def __init__(
+        self, base: str, task_key: str, partition_cols=(), sort_cols=(), dictionary_cols=()
+    ) -> None:
         self.base, self.task_key = base, task_key
-        self.partition_cols, self.dictionary_cols = partition_cols, dictionary_cols
+        self.partition_cols, self.sort_cols = partition_cols, sort_cols
+        self.dictionary_cols = dictionary_cols
         self.pending: list[pa.Table] = []
         self.rows = 0
         self.seq = 0
@@ -73,7 +76,7 @@ class _TableSink:
         if self.pending:
             stem = f"part-{self.task_key}-{self.seq:03d}"
             write_partitioned(pa.concat_tables(self.pending), self.base, self.partition_cols,
-                              stem, ["photo_id"], self.dictionary_cols)  # fmt: skip
+                              stem, self.sort_cols, self.dictionary_cols)  # fmt: skip
         self.pending, self.rows, self.seq = [], 0, self.seq + 1
 
 
@@ -87,9 +90,9 @@ def _run_task(
     task's counts as the only thing handed back to Spark."""
     from faceatlas.ingest import counts_batch, ingest_batch
 
-    photos = _TableSink(staging.photos, task_key, schemas.PHOTOS_PARTITIONS,
+    photos = _TableSink(staging.photos, task_key, schemas.PHOTOS_PARTITIONS, ["photo_id"],
                         schemas.PHOTOS_DICTIONARY)  # fmt: skip
-    quarantine = _TableSink(staging.quarantine, task_key)
+    quarantine = _TableSink(staging.quarantine, task_key)  # kept in line order
     t0, counts = time.time(), Counter()
     for lines, sources in line_batches:
         result = ingest_batch(lines, sources, opts)

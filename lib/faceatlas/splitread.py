@@ -130,12 +130,9 @@ class _Bz2Blocks:
         pos = find_magics(buf, magic)
         return pos[pos < (end - start) * 8] + start * 8
 
-    def block_end(self, bit_start: int) -> int:
-        """Bit offset of the block magic after the block at bit_start; for the file's last
-        block, of the end-of-stream marker, whose absence means a truncated file."""
-        nxt = self.next_block(bit_start)
-        if nxt is not None:
-            return nxt
+    def stream_end(self, bit_start: int) -> int:
+        """Bit offset of the end-of-stream marker after the file's last block; its absence
+        means a truncated file."""
         eos = self.markers(bit_start // 8, self.size, EOS_MAGIC)
         eos = eos[eos > bit_start]
         if not eos.size:
@@ -154,7 +151,7 @@ class _Bz2Blocks:
         return None
 
     def decode(self, bit_start: int, bit_end: int) -> bytes:
-        """Decode the block at bit_start; bit_end is the next block magic or the file end.
+        """Decode the block at bit_start; bit_end is the next block magic or the end marker.
 
         The last block of a stream is followed by the end-of-stream marker, CRC, padding
         and maybe the next stream's header. Looking for that marker everywhere would double
@@ -180,18 +177,19 @@ class _Bz2Blocks:
 
 
 def _bz2_chunks(f, split: Split) -> Iterator[tuple[bytes, bool]]:
-    """(decoded text, owned) per block: the split's own blocks, then the ones after it."""
+    """(decoded text, owned) per block: the split's own blocks, then the ones after it.
+
+    Each block's end is the next block's start, so every forward scan is done once.
+    """
     blocks = _Bz2Blocks(f, split.size)
     owned = blocks.markers(split.start, split.end).tolist()
-    for i, b in enumerate(owned):
-        end = owned[i + 1] if i + 1 < len(owned) else blocks.block_end(b)
-        yield blocks.decode(b, end), True
-    if not owned:
-        return
-    nxt = blocks.next_block(owned[-1])
-    while nxt is not None:
-        yield blocks.decode(nxt, blocks.block_end(nxt)), False
-        nxt = blocks.next_block(nxt)
+    b = owned[0] if owned else None
+    i = 0
+    while b is not None:
+        nxt = owned[i + 1] if i + 1 < len(owned) else blocks.next_block(b)
+        end = nxt if nxt is not None else blocks.stream_end(b)
+        yield blocks.decode(b, end), i < len(owned)
+        b, i = nxt, i + 1
 
 
 def _owned_text(chunks: Iterator[tuple[bytes, bool]], skip_first: bool) -> Iterator[bytes]:

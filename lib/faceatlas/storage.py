@@ -12,6 +12,8 @@ import uuid
 from typing import Any
 
 STATS_DIR = "_stats"
+# Suffixes of the siblings a table has while it is written (_TMP) or replaced (_OLD).
+_TMP, _OLD = ".__tmp_", ".__old_"
 
 
 def table_path(root: str, *parts: str) -> str:
@@ -74,10 +76,6 @@ class HadoopFS:
         finally:
             stream.close()
 
-    def mkdirs(self, path: str) -> None:
-        fs, p = self._fs(path)
-        fs.mkdirs(p)
-
     def clean_temp_siblings(self, path: str) -> None:
         """Remove what an interrupted run left beside `path` (see temp_sibling, replace)."""
         fs, p = self._fs(path)
@@ -86,18 +84,18 @@ class HadoopFS:
             return
         for status in fs.listStatus(parent):
             name = status.getPath().getName()
-            if name.startswith(p.getName() + ".__tmp_") or name.startswith(p.getName() + ".__old_"):
+            if name.startswith((p.getName() + _TMP, p.getName() + _OLD)):
                 fs.delete(status.getPath(), True)
 
     def temp_sibling(self, path: str) -> str:
         """A fresh path beside `path`, for writing a table before it replaces `path`."""
-        return f"{path}.__tmp_{uuid.uuid4().hex[:8]}"
+        return f"{path}{_TMP}{uuid.uuid4().hex[:8]}"
 
     def replace(self, tmp: str, final: str) -> None:
         """Move a finished table into place; the old one goes only once the new one is there."""
         old = None
         if self.exists(final):
-            old = f"{final}.__old_{uuid.uuid4().hex[:8]}"
+            old = f"{final}{_OLD}{uuid.uuid4().hex[:8]}"
             self.rename(final, old)
         self.rename(tmp, final)
         if old:
