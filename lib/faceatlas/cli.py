@@ -75,6 +75,68 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    """Byte sizes like 20000000, 20MB, 512k."""
+    t = text.strip().lower().removesuffix("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 20MB)") from None
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from faceatlas.fetch import ImageOptions, parse_statuses
+    from faceatlas.httpfetch import FetchOptions
+    from faceatlas.spark_fetch import FetchError, FetchJob, parse_countries, run_fetch
+
+    try:
+        job = FetchJob(
+            fetch=FetchOptions(
+                connect_timeout=args.connect_timeout,
+                read_timeout=args.read_timeout,
+                deadline=args.deadline,
+                attempts=args.attempts,
+                backoff=args.backoff,
+                max_bytes=args.max_bytes,
+                max_redirects=args.max_redirects,
+                threads=args.threads,
+                host_connections=args.host_connections,
+                host_rate=args.host_rate,
+                allow_hosts=tuple(args.allow_host),
+            ),
+            image=ImageOptions(
+                max_pixels=args.max_pixels,
+                resize=args.resize,
+                jpeg_quality=args.jpeg_quality,
+                resample=args.resize_filter,
+            ),
+            per_country=args.per_country,
+            countries=parse_countries(args.countries or ()),
+            limit=args.limit,
+            seed=args.seed,
+            url_template=args.url_template,
+            retry_failed=parse_statuses(",".join(args.retry_failed or ())),
+            photos_per_task=args.photos_per_task,
+        )
+    except (ValueError, FetchError) as e:
+        print(f"faceatlas fetch: {e}", file=sys.stderr)
+        return 2
+    spark = _spark(args, "faceatlas-fetch")
+    try:
+        stats = run_fetch(spark, args.data, job)
+    except FetchError as e:
+        print(f"faceatlas fetch: {e}", file=sys.stderr)
+        return 2
+    keys = ("photos", "already_settled", "fetched", "seconds", "images_per_second")
+    out = {k: stats[k] for k in keys}
+    out["counts"] = {k: v for k, v in stats["counts"].items() if v}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from faceatlas import synth
 
@@ -175,6 +237,126 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spark_args(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "fetch",
+        help="ROOT/photos -> ROOT/images (download and validate the photos)",
+        description="Download the photos of ROOT/photos (all, or a reproducible sample) into "
+        "ROOT/images/: one row per photo with its bytes when it worked and a precise status "
+        "when it did not. Re-running skips photos already fetched; only public addresses "
+        "are contacted unless --allow-host says otherwise.",
+    )
+    p.add_argument("--data", required=True, metavar="ROOT", help="data root (folder or URI)")
+    g = p.add_argument_group("what to fetch")
+    g.add_argument(
+        "--per-country",
+        type=int,
+        metavar="N",
+        help="at most N photos per country, in a reproducible pseudo-random order",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of that order (default 0)")
+    g.add_argument(
+        "--countries",
+        action="append",
+        metavar="CC,...",
+        help="only these countries (ISO alpha-2), comma-separated or repeated",
+    )
+    g.add_argument("--limit", type=int, metavar="N", help="at most N photos in all")
+    g.add_argument(
+        "--url-template",
+        metavar="TEMPLATE",
+        help="build URLs from photos columns instead of download_url, e.g. "
+        "https://MIRROR/data/images/{hash[0:3]}/{hash[3:6]}/{hash}.jpg",
+    )
+    g.add_argument(
+        "--retry-failed",
+        action="append",
+        metavar="STATUS,...",
+        help="fetch photos again whose earlier status is one of these (or 'all')",
+    )
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="allow this host even though its address is private or loopback (repeatable)",
+    )
+    g.add_argument(
+        "--threads", type=int, default=32, help="requests in flight per Python worker (default 32)"
+    )
+    g.add_argument(
+        "--host-connections",
+        type=int,
+        default=32,
+        metavar="K",
+        help="at most K requests in flight per host on each machine (default 32)",
+    )
+    g.add_argument(
+        "--host-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="at most R requests per second per host on each machine (default: no limit)",
+    )
+    g.add_argument("--connect-timeout", type=float, default=5.0, metavar="S")
+    g.add_argument("--read-timeout", type=float, default=10.0, metavar="S")
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="overall time per photo, retries included (default 30)",
+    )
+    g.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        help="tries for connection errors, timeouts, 429 and 5xx (default 3)",
+    )
+    g.add_argument(
+        "--backoff",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="first retry waits up to S seconds, doubling (default 0.5)",
+    )
+    g.add_argument("--max-redirects", type=int, default=5)
+    g.add_argument(
+        "--max-bytes",
+        type=_size,
+        default=20 << 20,
+        metavar="SIZE",
+        help="largest body accepted (default 20MB)",
+    )
+    g = p.add_argument_group("images")
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="refuse images with more pixels, before decoding (default 40M)",
+    )
+    g.add_argument(
+        "--resize",
+        type=int,
+        metavar="N",
+        help="shrink so the longest edge is at most N pixels, and re-encode",
+    )
+    g.add_argument(
+        "--resize-filter",
+        choices=("area", "bilinear", "bicubic", "lanczos"),
+        default="area",
+        help="resampling filter of --resize (default area: box averaging, like OpenCV's "
+        "INTER_AREA)",
+    )
+    g.add_argument(
+        "--jpeg-quality", type=int, default=90, help="quality of re-encoded JPEGs (default 90)"
+    )
+    g.add_argument(
+        "--photos-per-task", type=int, default=1000, help="photos per Spark task (default 1000)"
+    )
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("synth", help="write a synthetic YFCC100M metadata file")
     p.add_argument("output", help="file to write (.bz2 to compress)")

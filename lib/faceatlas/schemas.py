@@ -77,6 +77,47 @@ QUARANTINE_INGEST = pa.schema(
 # which keeps only successful attempts' results, so the accounting is exactly-once.
 INGEST_COUNTS = pa.schema([("kind", pa.string()), ("reason", pa.string()), ("n", pa.int64())])
 
+# ROOT/images/: one row per photo the fetch stage was asked for; partitioned like photos.
+# Statuses: fetch.IMAGE_TABLE_STATUSES. Only ok rows carry the image and its description.
+IMAGES = pa.schema(
+    [
+        ("photo_id", pa.int64()),
+        ("url", pa.string()),  # the URL requested (download_url or the --url-template)
+        ("final_url", pa.string()),  # where redirects ended, when there were any
+        ("status", pa.string()),
+        ("detail", pa.string()),  # a short human reason when not ok
+        ("http_status", pa.int32()),  # of the last response, when there was one
+        ("attempts", pa.int32()),  # requests sent, retries and redirects included
+        ("download_bytes", pa.int64()),  # body bytes received
+        ("image", pa.binary()),  # the stored photo: as served, or oriented/resized
+        ("image_bytes", pa.int64()),
+        ("format", pa.string()),  # jpeg, png, webp (of the stored bytes)
+        ("width", pa.int32()),  # of the stored image
+        ("height", pa.int32()),
+        ("orig_width", pa.int32()),  # as served
+        ("orig_height", pa.int32()),
+        ("sha256", pa.string()),  # of the stored bytes
+        ("content_type", pa.string()),  # as the server claimed it
+        ("seconds", pa.float64()),  # spent on this photo, fetch and checks
+        ("fetched_at", TS_UTC),
+        ("run_id", pa.string()),  # the fetch run that wrote the row
+        ("country", pa.string()),
+        ("continent", pa.string()),
+    ]
+)
+IMAGES_PARTITIONS = PHOTOS_PARTITIONS
+
+# What each fetch task hands back: its rows counted by status, with bytes and time.
+FETCH_COUNTS = pa.schema(
+    [
+        ("status", pa.string()),
+        ("n", pa.int64()),
+        ("download_bytes", pa.int64()),
+        ("image_bytes", pa.int64()),
+        ("seconds", pa.float64()),  # summed per photo
+    ]
+)
+
 _SPARK_TYPES = {
     pa.int8(): "TINYINT",
     pa.int32(): "INT",
