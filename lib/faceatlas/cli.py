@@ -120,6 +120,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             url_template=args.url_template,
             retry_failed=parse_statuses(",".join(args.retry_failed or ())),
             photos_per_task=args.photos_per_task,
+            flush_rows=args.flush_rows,
         )
     except (ValueError, FetchError) as e:
         print(f"faceatlas fetch: {e}", file=sys.stderr)
@@ -351,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--jpeg-quality", type=int, default=90, help="quality of re-encoded JPEGs (default 90)"
+    )
+    g.add_argument(
+        "--flush-rows",
+        type=int,
+        default=500,
+        help="rows per file a task writes; a killed run loses at most this many per task "
+        "(default 500)",
     )
     g.add_argument(
         "--photos-per-task", type=int, default=1000, help="photos per Spark task (default 1000)"

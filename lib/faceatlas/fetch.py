@@ -66,7 +66,9 @@ class TemplateError(ValueError):
 
 # Short names for photos columns, so the AWS mirror's layout reads as documented.
 COLUMN_ALIASES = {"hash": "photo_hash", "id": "photo_id"}
-_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\[(-?\d*):(-?\d*)\])?\}")
+# Fix: the bounds were `-?\d*`, which matched a lone "-" ("{hash[-:3]}") and then failed
+# in int() with a plain ValueError instead of a TemplateError.
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\[(-?\d+)?:(-?\d+)?\])?\}")
 # Characters that stay as they are when a value is put into a URL; the rest (spaces,
 # non-ASCII, quotes, angle brackets) are percent-encoded.
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
@@ -268,15 +270,22 @@ def fetch_rows(
         except TemplateError as e:
             yield image_row(row, None, None, None, run_id, ("bad_url", str(e)))
 
-    def check(item: tuple[dict, str], fetched: Fetched) -> CheckedImage | None:
+    def check(item: tuple[dict, str], fetched: Fetched) -> tuple[CheckedImage, float] | None:
         if fetched.status != "ok" or fetched.body is None:
             return None
-        return check_image(fetched.body, max_pixels=image_opts.max_pixels,
-                           resize_max=image_opts.resize, jpeg_quality=image_opts.jpeg_quality,
-                           resample=image_opts.resample)  # fmt: skip
+        t0 = time.monotonic()
+        checked = check_image(fetched.body, max_pixels=image_opts.max_pixels,
+                              resize_max=image_opts.resize, jpeg_quality=image_opts.jpeg_quality,
+                              resample=image_opts.resample)  # fmt: skip
+        return checked, time.monotonic() - t0
 
-    for (row, url), fetched, checked in fetcher.fetch_many(requests, lambda it: it[1], check):
-        yield image_row(row, url, fetched, checked, run_id)
+    for (row, url), fetched, done in fetcher.fetch_many(requests, lambda it: it[1], check):
+        checked, check_seconds = done if done is not None else (None, 0.0)
+        out = image_row(row, url, fetched, checked, run_id)
+        # Fix: the images schema documents `seconds` as "fetch and checks"; it held only
+        # the fetch's time (a resize or a full decode can take longer than the download).
+        out["seconds"] += check_seconds
+        yield out
 
 
 def run_batches(

@@ -57,7 +57,7 @@ class HostLimiter:
     def __init__(self, directory: str, max_connections: int, rate: float = 0.0) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        if rate < 0:
+        if not rate >= 0:  # Fix: `rate < 0` let NaN through, silently meaning no limit
             raise ValueError(f"rate must be >= 0, got {rate}")
         self.directory = directory
         self.max_connections = max_connections
@@ -94,11 +94,17 @@ class HostLimiter:
         slot = -1
         try:
             slot = self._take_slot(h, deadline)
-            start = self._reserve_start(h)
+            start, late, paused = self._reserve_start(h, deadline)
+            if late:
+                # Fix: throttled only when a pause (Retry-After) is the cause, as the
+                # exception documents; a turn past the deadline under the rate alone is a
+                # plain timeout, not a 429.
+                raise HostLimitTimeoutError(
+                    f"{host} {'paused' if paused else 'rate-limited'} past the deadline",
+                    throttled=paused,
+                )
             wait = start - time.monotonic()
             if wait > 0:
-                if start > deadline:
-                    raise HostLimitTimeoutError(f"{host} paused past the deadline", throttled=True)
                 time.sleep(wait)
             yield
         finally:
@@ -130,8 +136,10 @@ class HostLimiter:
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 0.02)
 
-    def _reserve_start(self, h: _Host) -> float:
-        """Book the earliest start this host's schedule allows; returns that time."""
+    def _reserve_start(self, h: _Host, deadline: float) -> tuple[float, bool, bool]:
+        """Book the earliest start this host's schedule allows. Returns (start, late,
+        paused): late when the start is after `deadline` (then nothing is booked), paused
+        when a pause lasts past the deadline."""
         fd = h.sched_fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -139,9 +147,13 @@ class HostLimiter:
             next_start, paused_until = _SCHED.unpack(raw) if len(raw) == _SCHED.size else (0, 0)
             now = time.monotonic()
             start = max(now, paused_until, next_start if self.rate > 0 else now)
-            if self.rate > 0:
+            # Fix: a caller that will give up (its turn is after its deadline) must not
+            # book the turn, or every caller that gives up pushes next_start another 1/R
+            # out and the schedule runs away: every later request times out as well.
+            late = start > now and start > deadline
+            if self.rate > 0 and not late:
                 os.pwrite(fd, _SCHED.pack(start + 1.0 / self.rate, paused_until), 0)
-            return start
+            return start, late, paused_until > deadline
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
