@@ -40,4 +40,18 @@ def summarize(spark, root: str, top: int = 10) -> str:
     far = photos.where(F.col("far_from_place")).count()
     bogus = photos.where(F.col("taken_at_bogus")).count()
     out.append(f"far from any place: {far:,}; bogus date taken: {bogus:,}")
+    fetch = read_stats(fs, root, "fetch")
+    if fetch is None:
+        out.append("fetch: not run yet")
+    else:
+        table = fetch["table_counts"]
+        out.append(
+            f"fetch: images table {sum(table.values()):,} rows: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(table.items(), key=lambda kv: -kv[1]))
+        )
+        out.append(
+            f"  last run {fetch['run_id']}: {fetch['fetched']:,} fetched, "
+            f"{fetch['already_settled']:,} already settled, {fetch['seconds']:.1f} s "
+            f"({fetch['images_per_second']:.1f} photos/s)"
+        )
     return "\n".join(out)
