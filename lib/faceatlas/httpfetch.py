@@ -45,6 +45,7 @@ import http.client
 import itertools
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
@@ -69,7 +70,15 @@ log = logging.getLogger(__name__)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _FINAL = {404: "http_404", 403: "http_403", 410: "http_410"}
 _READ_CHUNK = 1 << 16
+# What http.client will not put on a request line (it also needs ASCII).
+_BAD_PATH_CHAR = re.compile(r"[\x00-\x20\x7f]")
 _DNS_TTL = 300.0
+# A failed lookup is remembered only briefly: one resolver hiccup must not fail a host's
+# photos for minutes.
+_DNS_FAIL_TTL = 10.0
+# The longest pause a Retry-After can impose on a host (a far-future date or a huge number
+# would otherwise stop that host for the rest of the job).
+MAX_RETRY_AFTER = 3600.0
 
 T = TypeVar("T")
 Connector = Callable[[tuple[str, int], float], socket.socket]
@@ -145,6 +154,7 @@ class Watchdog:
         self._armed: dict[int, socket.socket] = {}
         self._ids = itertools.count()
         self._cv = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
         self._thread.start()
 
@@ -161,9 +171,14 @@ class Watchdog:
         with self._cv:
             self._armed.pop(token, None)
 
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
     def _run(self) -> None:
         with self._cv:
-            while True:
+            while not self._closed:
                 while self._heap and self._heap[0][1] not in self._armed:
                     heapq.heappop(self._heap)  # disarmed in time
                 if not self._heap:
@@ -211,7 +226,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # Fix: str.isdigit() is true for "²" or "١" too (a header is read as Latin-1, so a
+    # server can send them), and float("²") raised ValueError: an internal_error.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -293,6 +310,7 @@ class Fetcher:
                     yield fut.result()
 
     def close(self) -> None:
+        self.watchdog.close()
         with self._lock:
             for conns in self._idle.values():
                 for c in conns:
@@ -308,12 +326,23 @@ class Fetcher:
                 target = parse_target(current)
             except RefusedError as e:
                 raise _FinalError(e.status, e.detail) from None
+            if not target.path.isascii() or _BAD_PATH_CHAR.search(target.path):
+                # Fix: http.client refuses such a path only after connecting, with
+                # InvalidURL (was retried as a connection_error) or UnicodeEncodeError (an
+                # internal_error); a Location header can carry any Latin-1 character.
+                raise _FinalError("bad_url", f"unsendable path in {current[:200]!r}")
             result = self._with_retries(target, deadline, state)
             if isinstance(result, tuple):
                 return result
             location = result  # a redirect
-            nxt = _join(current, location)
+            try:
+                nxt = _join(current, location)
+            except ValueError as e:
+                # Fix: urljoin raises on e.g. "http://[::1/x" (unbalanced bracket), which
+                # escaped as an internal_error; it is a bad redirect target.
+                raise _FinalError("bad_url", f"bad Location {location[:200]!r}: {e}") from None
             if self.opts.unavailable_marker and self.opts.unavailable_marker in nxt:
+                state["final_url"] = nxt
                 raise _FinalError("unavailable", f"redirected to {nxt[:200]}", None)
             if nxt in seen:
                 raise _FinalError("too_many_redirects", f"redirect loop at {nxt[:200]}")
@@ -335,8 +364,9 @@ class Fetcher:
                 wait_s = random.uniform(0, min(self.opts.backoff_max,
                                                self.opts.backoff * 2 ** (tries - 1)))  # fmt: skip
                 if e.retry_after is not None:
-                    self.limiter.pause(target.host_port, e.retry_after)
-                    wait_s = max(wait_s, e.retry_after)
+                    pause = min(e.retry_after, MAX_RETRY_AFTER)
+                    self.limiter.pause(target.host_port, pause)
+                    wait_s = max(wait_s, pause)
                 if tries >= self.opts.attempts or time.monotonic() + wait_s >= deadline:
                     raise _FinalError(e.status, e.detail, e.http_status) from None
                 time.sleep(wait_s)
@@ -351,7 +381,8 @@ class Fetcher:
                 value: list[str] | RefusedError = self.guard.addresses(target)
             except RefusedError as e:
                 value = e
-            hit = (now + _DNS_TTL, value)
+            ttl = _DNS_FAIL_TTL if isinstance(value, RefusedError) else _DNS_TTL
+            hit = (now + ttl, value)
             self._dns[key] = hit
         if isinstance(hit[1], RefusedError):
             raise _FinalError(hit[1].status, hit[1].detail)
@@ -422,7 +453,11 @@ class Fetcher:
                 self.watchdog.disarm(token)
                 if keep:
                     self._checkin(key, conn)
-                else:
+                elif conn is not None:
+                    # Fix: the stale keep-alive path above has already closed conn and set
+                    # it to None before `continue`; conn.close() here raised AttributeError,
+                    # so every reuse of a connection the server had closed was an
+                    # internal_error instead of a retry on a fresh connection.
                     conn.close()
             if isinstance(outcome, Exception):
                 raise outcome
