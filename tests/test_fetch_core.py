@@ -33,7 +33,7 @@ from faceatlas.fetch import (
     url_for,
 )
 from faceatlas.hostlimit import HostLimiter
-from faceatlas.httpfetch import Fetched, FetchOptions, Fetcher
+from faceatlas.httpfetch import Fetched, Fetcher, FetchOptions
 from faceatlas.imagecheck import check_image
 
 COLUMNS = [f.name for f in schemas.PHOTOS]
@@ -106,7 +106,9 @@ def test_template_literal_braces() -> None:
 
 def test_template_percent_encodes_values() -> None:
     value = "a b/é?x&y=z:w"
-    assert _render("http://h/{title}", title=value) == "http://h/a%20b/%C3%A9?x&y=z:w"
+    # `?`, `#` and `%` are encoded: a value cannot start a query or fragment or forge an escape.
+    assert _render("http://h/{title}", title=value) == "http://h/a%20b/%C3%A9%3Fx&y=z:w"
+    assert _render("http://h/{title}", title="50%#top") == "http://h/50%25%23top"
     assert _render("http://h/{title}", title='<"q">') == "http://h/%3C%22q%22%3E"
 
 

@@ -12,6 +12,7 @@ one only has to separate "the limit held" from "there was no limit".
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from faceatlas import hostlimit
 from faceatlas.hostlimit import HostLimiter, HostLimitTimeoutError
 
 CTX = multiprocessing.get_context("spawn")
@@ -72,9 +74,7 @@ def _requests_child(
     Path(out).write_text(json.dumps(results))
 
 
-def _hold_child(
-    directory: str, k: int, host: str, n: int, hold: float, ready: str
-) -> None:
+def _hold_child(directory: str, k: int, host: str, n: int, hold: float, ready: str) -> None:
     """Take `n` slots of `host` at once, create the file `ready`, then hold them `hold` s."""
     lim = HostLimiter(directory, k)
     with contextlib.ExitStack() as stack:
@@ -294,6 +294,48 @@ def test_pause_in_one_process_holds_back_another(procs, tmp_path: Path) -> None:
     t0 = time.monotonic()
     with lim.request(HOST, t0 + 1):
         assert time.monotonic() - t0 < 0.25
+    lim.close()
+
+
+class _SlowReadOs:
+    """The os module, but pread dawdles: widens the read-then-write window of the schedule."""
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    @staticmethod
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        data = os.pread(fd, n, offset)
+        time.sleep(0.02)
+        return data
+
+
+def test_rate_spaces_starts_of_threads_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The threads of a process share the schedule file's descriptor, which flock does not
+    keep apart: without a lock in the process they would book the same start."""
+    monkeypatch.setattr(hostlimit, "os", _SlowReadOs())
+    rate = 10.0
+    lim = HostLimiter(str(tmp_path / "lim"), 8, rate)
+    starts: list[float] = []
+    go = threading.Event()
+
+    def one() -> None:
+        go.wait(5)
+        with lim.request(HOST, time.monotonic() + 5):
+            starts.append(time.monotonic())
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(10)
+    starts.sort()
+    assert len(starts) == 5
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.5 / rate, gaps  # one booked start each, not several at once
     lim.close()
 
 

@@ -71,7 +71,9 @@ COLUMN_ALIASES = {"hash": "photo_hash", "id": "photo_id"}
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\[(-?\d+)?:(-?\d+)?\])?\}")
 # Characters that stay as they are when a value is put into a URL; the rest (spaces,
 # non-ASCII, quotes, angle brackets) are percent-encoded.
-_URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
+# `?`, `#` and `%` are encoded too, so a value cannot start a query or a fragment or forge an
+# escape.
+_URL_SAFE = ":/@!$&'()*+,;=~-._"
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,19 @@ class ImageOptions:
     resize: int | None = None  # longest edge after resizing; None keeps the size
     jpeg_quality: int = 90
     resample: str = "area"  # a key of imagecheck.RESAMPLE
+
+    def __post_init__(self) -> None:
+        # Checked here, at startup, not by the first download in a worker thread.
+        from faceatlas.imagecheck import RESAMPLE
+
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.resize is not None and self.resize < 1:
+            raise ValueError(f"resize must be >= 1, got {self.resize}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(RESAMPLE)}")
 
 
 def image_row(

@@ -45,6 +45,10 @@ class _Host:
     held: set[int] = field(default_factory=set)  # slots this process holds now
     lock: threading.Lock = field(default_factory=threading.Lock)
     local: threading.Semaphore | None = None  # this process's share, so threads queue here
+    # Fix: the threads of one process share sched_fd, and flock excludes only other open
+    # files, not other threads on the same one: without this lock two threads could read
+    # the same next_start and both start then (and one's LOCK_UN freed the other's lock).
+    sched_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class HostLimiter:
@@ -63,6 +67,10 @@ class HostLimiter:
         self.max_connections = max_connections
         self.rate = rate
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # The folder's name is predictable: refuse one that another user planted.
+        st = os.stat(directory)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise PermissionError(f"{directory} is not a private folder of this user")
         self._hosts: dict[str, _Host] = {}
         self._lock = threading.Lock()
 
@@ -141,34 +149,38 @@ class HostLimiter:
         paused): late when the start is after `deadline` (then nothing is booked), paused
         when a pause lasts past the deadline."""
         fd = h.sched_fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            raw = os.pread(fd, _SCHED.size, 0)
-            next_start, paused_until = _SCHED.unpack(raw) if len(raw) == _SCHED.size else (0, 0)
-            now = time.monotonic()
-            start = max(now, paused_until, next_start if self.rate > 0 else now)
-            # Fix: a caller that will give up (its turn is after its deadline) must not
-            # book the turn, or every caller that gives up pushes next_start another 1/R
-            # out and the schedule runs away: every later request times out as well.
-            late = start > now and start > deadline
-            if self.rate > 0 and not late:
-                os.pwrite(fd, _SCHED.pack(start + 1.0 / self.rate, paused_until), 0)
-            return start, late, paused_until > deadline
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        with h.sched_lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(fd, _SCHED.size, 0)
+                next_start, paused_until = (_SCHED.unpack(raw) if len(raw) == _SCHED.size
+                                            else (0, 0))  # fmt: skip
+                now = time.monotonic()
+                start = max(now, paused_until, next_start if self.rate > 0 else now)
+                # Fix: a caller that will give up (its turn is after its deadline) must not
+                # book the turn, or every caller that gives up pushes next_start another 1/R
+                # out and the schedule runs away: every later request times out as well.
+                late = start > now and start > deadline
+                if self.rate > 0 and not late:
+                    os.pwrite(fd, _SCHED.pack(start + 1.0 / self.rate, paused_until), 0)
+                return start, late, paused_until > deadline
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def pause(self, host: str, seconds: float) -> None:
         """Hold back every new request to `host` for `seconds` (a 429's Retry-After)."""
         h = self._host(host)
         fd = h.sched_fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            raw = os.pread(fd, _SCHED.size, 0)
-            next_start, paused_until = _SCHED.unpack(raw) if len(raw) == _SCHED.size else (0, 0)
-            until = max(paused_until, time.monotonic() + seconds)
-            os.pwrite(fd, _SCHED.pack(next_start, until), 0)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        with h.sched_lock:  # see _Host.sched_lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(fd, _SCHED.size, 0)
+                next_start, paused_until = (_SCHED.unpack(raw) if len(raw) == _SCHED.size
+                                            else (0, 0))  # fmt: skip
+                until = max(paused_until, time.monotonic() + seconds)
+                os.pwrite(fd, _SCHED.pack(next_start, until), 0)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
