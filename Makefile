@@ -30,6 +30,7 @@ venv: system $(STAMP)
 demo: venv
 	$(PY) -m faceatlas synth $(DEMO_ROOT)/input/yfcc_sample.bz2 --lines 20000 --layout mixed --seed 7
 	$(PY) -m faceatlas ingest $(DEMO_ROOT)/input/yfcc_sample.bz2 --data $(DEMO_ROOT)/root
+	$(PY) -m faceatlas demo-fetch --data $(DEMO_ROOT)/root --per-country 3
 	$(PY) -m faceatlas summary --data $(DEMO_ROOT)/root
 
 test: venv

@@ -138,6 +138,36 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_fetch(args: argparse.Namespace) -> int:
+    from faceatlas.demo import serve_folder, write_demo_photos
+    from faceatlas.fetch import ImageOptions
+    from faceatlas.httpfetch import FetchOptions
+    from faceatlas.spark_fetch import FetchError, FetchJob, run_fetch
+
+    folder = args.photos or f"{args.data.rstrip('/')}-served-photos"
+    drawn, missing = write_demo_photos(args.data, folder, args.per_country, args.seed)
+    print(f"drew {drawn} photos into {folder} ({missing} left out on purpose: http_404)")
+    spark = _spark(args, "faceatlas-demo-fetch")
+    with serve_folder(folder) as port:
+        host = f"127.0.0.1:{port}"
+        job = FetchJob(
+            fetch=FetchOptions(allow_hosts=(host,)),
+            image=ImageOptions(resize=args.resize),
+            per_country=args.per_country,
+            seed=args.seed,
+            url_template=f"http://{host}/{{id}}.jpg",
+        )
+        try:
+            stats = run_fetch(spark, args.data, job)
+        except FetchError as e:
+            print(f"faceatlas demo-fetch: {e}", file=sys.stderr)
+            return 2
+    out = {k: stats[k] for k in ("photos", "already_settled", "fetched", "seconds")}
+    out["counts"] = {k: v for k, v in stats["counts"].items() if v}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from faceatlas import synth
 
@@ -365,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spark_args(p)
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser(
+        "demo-fetch",
+        help="the demo's fetch: draw placeholder photos, serve them on 127.0.0.1, fetch them",
+    )
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--photos", metavar="DIR", help="default ROOT-served-photos")
+    p.add_argument("--per-country", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resize", type=int, default=256)
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_demo_fetch)
 
     p = sub.add_parser("synth", help="write a synthetic YFCC100M metadata file")
     p.add_argument("output", help="file to write (.bz2 to compress)")
