@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ROOT ?= demo-data
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test test-quick bench bench-ingest lint system venv clean
+.PHONY: demo test test-quick bench bench-ingest bench-fetch lint system venv clean
 
 # System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark.
 system:
@@ -40,10 +40,17 @@ test: venv
 test-quick: venv
 	$(PY) -m pytest -q -m "not slow and not spark" tests
 
-bench: bench-ingest
+bench: bench-ingest bench-fetch
 
 bench-ingest: venv
 	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
+
+# nginx serves the benchmark's photos (a Python server is the fallback); img2dataset is
+# installed by the benchmark into bench-data/img2dataset-venv.
+bench-fetch: venv
+	@command -v nginx >/dev/null 2>&1 || { echo "installing nginx-light"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
+	$(PY) bench/bench_fetch.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check lib jobs tests bench
