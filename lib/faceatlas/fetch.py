@@ -66,8 +66,7 @@ class TemplateError(ValueError):
 
 # Short names for photos columns, so the AWS mirror's layout reads as documented.
 COLUMN_ALIASES = {"hash": "photo_hash", "id": "photo_id"}
-# Fix: the bounds were `-?\d*`, which matched a lone "-" ("{hash[-:3]}") and then failed
-# in int() with a plain ValueError instead of a TemplateError.
+# Slice bounds are optional signed integers; a lone "-" is not one.
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\[(-?\d+)?:(-?\d+)?\])?\}")
 # Characters that stay as they are when a value is put into a URL; the rest (spaces,
 # non-ASCII, quotes, angle brackets) are percent-encoded.
@@ -297,8 +296,7 @@ def fetch_rows(
     for (row, url), fetched, done in fetcher.fetch_many(requests, lambda it: it[1], check):
         checked, check_seconds = done if done is not None else (None, 0.0)
         out = image_row(row, url, fetched, checked, run_id)
-        # Fix: the images schema documents `seconds` as "fetch and checks"; it held only
-        # the fetch's time (a resize or a full decode can take longer than the download).
+        # `seconds` covers fetch and checks: a resize can take longer than the download.
         out["seconds"] += check_seconds
         yield out
 

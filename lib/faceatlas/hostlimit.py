@@ -45,9 +45,9 @@ class _Host:
     held: set[int] = field(default_factory=set)  # slots this process holds now
     lock: threading.Lock = field(default_factory=threading.Lock)
     local: threading.Semaphore | None = None  # this process's share, so threads queue here
-    # Fix: the threads of one process share sched_fd, and flock excludes only other open
-    # files, not other threads on the same one: without this lock two threads could read
-    # the same next_start and both start then (and one's LOCK_UN freed the other's lock).
+    # The threads of one process share sched_fd, and flock excludes only other open files,
+    # not other threads on the same one: without this lock two threads could read the same
+    # next_start and both start then (and one's LOCK_UN would free the other's lock).
     sched_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -61,7 +61,7 @@ class HostLimiter:
     def __init__(self, directory: str, max_connections: int, rate: float = 0.0) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-        if not rate >= 0:  # Fix: `rate < 0` let NaN through, silently meaning no limit
+        if not rate >= 0:  # also refuses NaN, which `rate < 0` would let through
             raise ValueError(f"rate must be >= 0, got {rate}")
         self.directory = directory
         self.max_connections = max_connections
@@ -104,9 +104,8 @@ class HostLimiter:
             slot = self._take_slot(h, deadline)
             start, late, paused = self._reserve_start(h, deadline)
             if late:
-                # Fix: throttled only when a pause (Retry-After) is the cause, as the
-                # exception documents; a turn past the deadline under the rate alone is a
-                # plain timeout, not a 429.
+                # Throttled only when a pause (Retry-After) is the cause; a turn past the
+                # deadline under our own rate limit is a plain timeout, not a 429.
                 raise HostLimitTimeoutError(
                     f"{host} {'paused' if paused else 'rate-limited'} past the deadline",
                     throttled=paused,
@@ -144,43 +143,43 @@ class HostLimiter:
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 0.02)
 
+    @contextmanager
+    def _schedule(self, h: _Host) -> Iterator[tuple[float, float]]:
+        """Hold the host's schedule (threads: sched_lock; processes: flock) and yield
+        (next_start, paused_until); write back with _write_schedule inside the block."""
+        with h.sched_lock:
+            fcntl.flock(h.sched_fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(h.sched_fd, _SCHED.size, 0)
+                yield _SCHED.unpack(raw) if len(raw) == _SCHED.size else (0.0, 0.0)
+            finally:
+                fcntl.flock(h.sched_fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _write_schedule(h: _Host, next_start: float, paused_until: float) -> None:
+        os.pwrite(h.sched_fd, _SCHED.pack(next_start, paused_until), 0)
+
     def _reserve_start(self, h: _Host, deadline: float) -> tuple[float, bool, bool]:
         """Book the earliest start this host's schedule allows. Returns (start, late,
         paused): late when the start is after `deadline` (then nothing is booked), paused
         when a pause lasts past the deadline."""
-        fd = h.sched_fd
-        with h.sched_lock:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                raw = os.pread(fd, _SCHED.size, 0)
-                next_start, paused_until = (_SCHED.unpack(raw) if len(raw) == _SCHED.size
-                                            else (0, 0))  # fmt: skip
-                now = time.monotonic()
-                start = max(now, paused_until, next_start if self.rate > 0 else now)
-                # Fix: a caller that will give up (its turn is after its deadline) must not
-                # book the turn, or every caller that gives up pushes next_start another 1/R
-                # out and the schedule runs away: every later request times out as well.
-                late = start > now and start > deadline
-                if self.rate > 0 and not late:
-                    os.pwrite(fd, _SCHED.pack(start + 1.0 / self.rate, paused_until), 0)
-                return start, late, paused_until > deadline
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        with self._schedule(h) as (next_start, paused_until):
+            now = time.monotonic()
+            start = max(now, paused_until, next_start if self.rate > 0 else now)
+            # A caller that will give up must not book its turn: otherwise every caller
+            # that gives up pushes next_start another 1/R out, the schedule runs away and
+            # every later request times out too.
+            late = start > now and start > deadline
+            if self.rate > 0 and not late:
+                self._write_schedule(h, start + 1.0 / self.rate, paused_until)
+            return start, late, paused_until > deadline
 
     def pause(self, host: str, seconds: float) -> None:
         """Hold back every new request to `host` for `seconds` (a 429's Retry-After)."""
         h = self._host(host)
-        fd = h.sched_fd
-        with h.sched_lock:  # see _Host.sched_lock
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                raw = os.pread(fd, _SCHED.size, 0)
-                next_start, paused_until = (_SCHED.unpack(raw) if len(raw) == _SCHED.size
-                                            else (0, 0))  # fmt: skip
-                until = max(paused_until, time.monotonic() + seconds)
-                os.pwrite(fd, _SCHED.pack(next_start, until), 0)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        with self._schedule(h) as (next_start, paused_until):
+            until = max(paused_until, time.monotonic() + seconds)
+            self._write_schedule(h, next_start, until)
 
     def close(self) -> None:
         with self._lock:

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urljoin
 
 from faceatlas import __version__
 from faceatlas.hostlimit import HostLimiter, HostLimitTimeoutError
@@ -226,8 +227,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    # Fix: str.isdigit() is true for "²" or "١" too (a header is read as Latin-1, so a
-    # server can send them), and float("²") raised ValueError: an internal_error.
+    # str.isdigit() is true for "²" or "١" too (headers are read as Latin-1), and float()
+    # refuses those.
     if value.isascii() and value.isdigit():
         return float(value)
     try:
@@ -327,9 +328,8 @@ class Fetcher:
             except RefusedError as e:
                 raise _FinalError(e.status, e.detail) from None
             if not target.path.isascii() or _BAD_PATH_CHAR.search(target.path):
-                # Fix: http.client refuses such a path only after connecting, with
-                # InvalidURL (was retried as a connection_error) or UnicodeEncodeError (an
-                # internal_error); a Location header can carry any Latin-1 character.
+                # http.client would refuse such a path only after connecting (InvalidURL or
+                # UnicodeEncodeError); a Location header can carry any Latin-1 character.
                 raise _FinalError("bad_url", f"unsendable path in {current[:200]!r}")
             result = self._with_retries(target, deadline, state)
             if isinstance(result, tuple):
@@ -338,8 +338,7 @@ class Fetcher:
             try:
                 nxt = _join(current, location)
             except ValueError as e:
-                # Fix: urljoin raises on e.g. "http://[::1/x" (unbalanced bracket), which
-                # escaped as an internal_error; it is a bad redirect target.
+                # urljoin raises on e.g. "http://[::1/x" (unbalanced bracket).
                 raise _FinalError("bad_url", f"bad Location {location[:200]!r}: {e}") from None
             if self.opts.unavailable_marker and self.opts.unavailable_marker in nxt:
                 state["final_url"] = nxt
@@ -453,11 +452,7 @@ class Fetcher:
                 self.watchdog.disarm(token)
                 if keep:
                     self._checkin(key, conn)
-                elif conn is not None:
-                    # Fix: the stale keep-alive path above has already closed conn and set
-                    # it to None before `continue`; conn.close() here raised AttributeError,
-                    # so every reuse of a connection the server had closed was an
-                    # internal_error instead of a retry on a fresh connection.
+                elif conn is not None:  # None: the stale-connection path closed it already
                     conn.close()
             if isinstance(outcome, Exception):
                 raise outcome
@@ -547,6 +542,4 @@ class Fetcher:
 
 
 def _join(base: str, location: str) -> str:
-    from urllib.parse import urljoin
-
     return urljoin(base, location.strip())
