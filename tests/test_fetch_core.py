@@ -391,6 +391,14 @@ def test_run_batches(srv: FetchServer, fetcher: Fetcher) -> None:
     assert progress.total == 10
     assert progress.image_bytes == 4 * len(good)
     assert progress.download_bytes == sum(r["download_bytes"] or 0 for r in out)
+    # What a Spark task hands back: the same sums, per status.
+    batch = {r["status"]: r for r in progress.counts_batch().to_pylist()}
+    assert batch.keys() == counts.keys()
+    for status, r in batch.items():
+        rows_s = [x for x in out if x["status"] == status]
+        assert r["n"] == len(rows_s)
+        assert r["download_bytes"] == sum(x["download_bytes"] or 0 for x in rows_s)
+        assert r["image_bytes"] == sum(x["image_bytes"] or 0 for x in rows_s)
 
 
 def test_run_batches_flushes_by_bytes(srv: FetchServer, fetcher: Fetcher) -> None:

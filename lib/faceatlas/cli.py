@@ -76,15 +76,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _size(text: str) -> int:
-    """Byte sizes like 20000000, 20MB, 512k."""
-    t = text.strip().lower().removesuffix("b")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    from faceatlas.storage import parse_size
+
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
+        return parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 20MB)") from None
+
+
+def _print_fetch(stats: dict) -> None:
+    keys = ("photos", "already_settled", "fetched", "seconds", "images_per_second")
+    out = {k: stats[k] for k in keys}
+    out["counts"] = {k: v for k, v in stats["counts"].items() if v}
+    print(json.dumps(out, indent=2))
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -131,10 +135,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     except FetchError as e:
         print(f"faceatlas fetch: {e}", file=sys.stderr)
         return 2
-    keys = ("photos", "already_settled", "fetched", "seconds", "images_per_second")
-    out = {k: stats[k] for k in keys}
-    out["counts"] = {k: v for k, v in stats["counts"].items() if v}
-    print(json.dumps(out, indent=2))
+    _print_fetch(stats)
     return 0
 
 
@@ -162,9 +163,7 @@ def cmd_demo_fetch(args: argparse.Namespace) -> int:
         except FetchError as e:
             print(f"faceatlas demo-fetch: {e}", file=sys.stderr)
             return 2
-    out = {k: stats[k] for k in ("photos", "already_settled", "fetched", "seconds")}
-    out["counts"] = {k: v for k, v in stats["counts"].items() if v}
-    print(json.dumps(out, indent=2))
+    _print_fetch(stats)
     return 0
 
 

@@ -242,24 +242,42 @@ class Progress:
 
     def __init__(self, label: str, total: int, every: float = 15.0) -> None:
         self.label, self.total, self.every = label, total, every
-        self.counts: Counter[str] = Counter()
-        self.download_bytes = 0
-        self.image_bytes = 0
-        self.seconds = 0.0
+        # status -> [photos, download bytes, image bytes, seconds], as in FETCH_COUNTS
+        self.sums: dict[str, list] = {}
         self.t0 = self.last = time.monotonic()
 
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter({k: v[0] for k, v in self.sums.items()})
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(v[1] for v in self.sums.values())
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(v[2] for v in self.sums.values())
+
     def add(self, row: dict) -> None:
-        self.counts[row["status"]] += 1
-        self.download_bytes += row.get("download_bytes") or 0
-        self.image_bytes += row.get("image_bytes") or 0
-        self.seconds += row.get("seconds") or 0.0
+        s = self.sums.setdefault(row["status"], [0, 0, 0, 0.0])
+        s[0] += 1
+        s[1] += row.get("download_bytes") or 0
+        s[2] += row.get("image_bytes") or 0
+        s[3] += row.get("seconds") or 0.0
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
             self.log("running")
 
+    def counts_batch(self) -> pa.RecordBatch:
+        """The counts as a FETCH_COUNTS batch, one row per status."""
+        statuses = sorted(self.sums)
+        cols = list(zip(*(self.sums[k] for k in statuses), strict=True)) or [()] * 4
+        return pa.record_batch([pa.array(statuses, pa.string()), *cols],
+                               schema=schemas.FETCH_COUNTS)  # fmt: skip
+
     def log(self, what: str) -> None:
-        done = sum(self.counts.values())
+        done = sum(v[0] for v in self.sums.values())
         dt = max(time.monotonic() - self.t0, 1e-9)
         log.warning(
             "fetch %s %s: %d/%d photos in %.1f s (%.1f/s), %s",

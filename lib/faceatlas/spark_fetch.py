@@ -107,11 +107,9 @@ def limits_dir_for(app_id: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"faceatlas-hosts-{safe}")
 
 
-def _task_fn(job: FetchJob, images_path: str, run_id: str, limits_dir: str):
-    template = None
-    if job.url_template:
-        template = UrlTemplate.parse(job.url_template, [f.name for f in schemas.PHOTOS])
-
+def _task_fn(
+    job: FetchJob, template: UrlTemplate | None, images_path: str, run_id: str, limits_dir: str
+):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
@@ -130,17 +128,7 @@ def _task_fn(job: FetchJob, images_path: str, run_id: str, limits_dir: str):
 
         p = run_batches(rows, fetcher, job.image, template, run_id, write,
                         f"task {part}", flush_rows=job.flush_rows)  # fmt: skip
-        statuses = sorted(p.counts)
-        yield pa.record_batch(
-            [
-                pa.array(statuses, pa.string()),
-                pa.array([p.counts[s] for s in statuses], pa.int64()),
-                pa.array([p.download_bytes] + [0] * (len(statuses) - 1), pa.int64()),
-                pa.array([p.image_bytes] + [0] * (len(statuses) - 1), pa.int64()),
-                pa.array([p.seconds] + [0.0] * (len(statuses) - 1), pa.float64()),
-            ],
-            schema=schemas.FETCH_COUNTS,
-        )
+        yield p.counts_batch()
 
     return run
 
@@ -217,7 +205,7 @@ _PART_NAME = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{6})-\d{5}-(\d+)-\d{4}\.par
 _CLEAN_RUNS = "_clean_runs.json"
 
 
-def _may_have_duplicates(images_path: str, job: FetchJob) -> bool:
+def _may_have_duplicates(images_path: str, files: Sequence[str], job: FetchJob) -> bool:
     """Whether `repair` has anything to look for (it costs a pass over the table).
 
     Duplicates come only from a retried task attempt (attempt number > 0 in its files), a
@@ -228,7 +216,6 @@ def _may_have_duplicates(images_path: str, job: FetchJob) -> bool:
         return True
     fs, base = filesystem(images_path)
     clean = set(_read_json(fs, f"{base}/{_CLEAN_RUNS}").get("runs", []))
-    files, _ = _data_files(images_path)
     for f in files:
         m = _PART_NAME.match(f.rsplit("/", 1)[-1])
         if m and (m.group(2) != "0" or m.group(1) not in clean):
@@ -236,8 +223,7 @@ def _may_have_duplicates(images_path: str, job: FetchJob) -> bool:
     return False
 
 
-def _runs_in(images_path: str) -> list[str]:
-    files, _ = _data_files(images_path)
+def _runs_in(files: Sequence[str]) -> list[str]:
     names = (_PART_NAME.match(f.rsplit("/", 1)[-1]) for f in files)
     return sorted({m.group(1) for m in names if m})
 
@@ -262,15 +248,15 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict:
 
 
 # -- planning -------------------------------------------------------------------------
-def select_photos(spark, photos_path: str, job: FetchJob):
+def select_photos(spark, photos_path: str, job: FetchJob, template: UrlTemplate | None = None):
     """The photos asked for, with the columns the tasks need and the order key `_key`."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     photos = spark.read.schema(schemas.spark_ddl(schemas.PHOTOS)).parquet(photos_path)
     cols = ["photo_id", "country", "continent", "download_url"]
-    if job.url_template:
-        cols += UrlTemplate.parse(job.url_template, photos.columns).columns
+    if template is not None:
+        cols += template.columns
     df = photos.select(*dict.fromkeys(cols))
     if job.countries:
         df = df.where(F.col("country").isin(list(job.countries)))
@@ -318,14 +304,15 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
     images_path = table_path(root, "images")
     if not fs.exists(photos_path):
         raise FetchError(f"no photos table at {photos_path}: run `faceatlas ingest` first")
+    template = None
     if job.url_template:
         try:
-            UrlTemplate.parse(job.url_template, [f.name for f in schemas.PHOTOS])
+            template = UrlTemplate.parse(job.url_template, [f.name for f in schemas.PHOTOS])
         except TemplateError as e:
             raise FetchError(str(e)) from None
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
-    asked = select_photos(spark, photos_path, job)
+    asked = select_photos(spark, photos_path, job, template)
     files, _ = _data_files(images_path)
     if files:
         done = read_images(spark, images_path).where(
@@ -353,7 +340,8 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
         n_parts = math.ceil(math.ceil(n_todo / job.photos_per_task) / cores) * cores
         n_parts = min(n_parts, n_todo)
         parts = todo.repartitionByRange(n_parts, "country", "_key").drop("_key")
-        fn = _task_fn(job, images_path, run_id, limits_dir_for(spark.sparkContext.applicationId))
+        limits_dir = limits_dir_for(spark.sparkContext.applicationId)
+        fn = _task_fn(job, template, images_path, run_id, limits_dir)
         stop = threading.Event()
         _progress_thread(spark, stop)
         try:
@@ -366,14 +354,15 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
             image_bytes += r["image_bytes"]
             photo_seconds += r["seconds"]
     fetch_seconds = time.time() - t_fetch
+    files, _ = _data_files(images_path)
     removed = 0
     clean = [run_id]
-    if _may_have_duplicates(images_path, job):
+    if _may_have_duplicates(images_path, files, job):
         removed = repair(spark, images_path)
-        clean += _runs_in(images_path)  # every run's rows have now been through repair
+        clean += _runs_in(files)  # every run's rows have now been through repair
+        files, _ = _data_files(images_path)  # repair may have deleted some
     _mark_clean(images_path, clean)
 
-    files, _ = _data_files(images_path)
     empty_marker = table_path(images_path, "part-empty.parquet")
     if not files:
         write_empty(images_path, schemas.IMAGES)

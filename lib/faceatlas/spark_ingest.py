@@ -26,7 +26,7 @@ from faceatlas import __version__, schemas
 from faceatlas.ingest import IngestOptions, accounting
 from faceatlas.partwrite import write_empty
 from faceatlas.splitread import Split, local_path, plan_splits
-from faceatlas.storage import HadoopFS, normalize_root, table_path, write_stats
+from faceatlas.storage import HadoopFS, normalize_root, parse_size, table_path, write_stats
 
 log = logging.getLogger(__name__)
 
@@ -169,15 +169,6 @@ def resolve_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, int]], list[s
     return list(dict.fromkeys(local)), remote
 
 
-def _bytes_conf(value: str) -> int:
-    """Spark byte sizes: 134217728, 128m, 32mb, 1g ..."""
-    v = value.strip().lower().rstrip("b")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    if v and v[-1] in units:
-        return int(float(v[:-1]) * units[v[-1]])
-    return int(v)
-
-
 READERS = ("auto", "spark")
 
 
@@ -201,7 +192,7 @@ def read_and_parse(
         local, remote = resolve_inputs(inputs)
     parts = []
     if local:
-        split_bytes = _bytes_conf(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m"))
+        split_bytes = parse_size(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m"))
         splits = plan_splits(local, split_bytes, spark.sparkContext.defaultParallelism)
         rows = [(i, s.path, s.start, s.end, s.size) for i, s in enumerate(splits)]
         rdd = spark.sparkContext.parallelize(rows, len(rows))

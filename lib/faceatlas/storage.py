@@ -16,6 +16,15 @@ STATS_DIR = "_stats"
 _TMP, _OLD = ".__tmp_", ".__old_"
 
 
+def parse_size(value: str) -> int:
+    """Byte sizes as Spark writes them and users type them: 134217728, 128m, 32MB, 1g."""
+    v = value.strip().lower().removesuffix("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    if v and v[-1] in units:
+        return int(float(v[:-1]) * units[v[-1]])
+    return int(v)
+
+
 def table_path(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
