@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -135,7 +136,27 @@ def serve_python(port: int) -> None:
             pass
 
     handler = functools.partial(Handler, directory=str(WORK / "www"))
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 1024  # img2dataset opens 64 connections at once
+
+    Server(("127.0.0.1", port), handler).serve_forever()
+
+
+def run_group(
+    cmd: list[str], env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run a tool in its own process group and kill the whole group if it overruns: a
+    Spark JVM, its Python workers or img2dataset's pool must not outlive the run."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"{cmd[0]} ran past {timeout:.0f} s") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 # -- the CPU floor ------------------------------------------------------------------------
@@ -179,7 +200,7 @@ def run_ours(root: Path, server: Server, cores: int, resize: int | None) -> dict
     if resize:
         cmd += ["--resize", str(resize)]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = run_group(cmd)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"faceatlas fetch failed:\n{proc.stderr[-3000:]}")
@@ -232,9 +253,8 @@ def run_img2dataset(python: Path, server: Server, n: int, cores: int, resize: in
     driver.write_text(I2D_DRIVER % max(250, n // (4 * cores)))
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYSPARK_PYTHON": str(python)}
     t0 = time.time()
-    proc = subprocess.run([str(python), str(driver), str(urls), str(out), str(cores), "32",
-                           str(resize), distributor], capture_output=True, text=True,
-                          env=env, timeout=900)  # fmt: skip
+    proc = run_group([str(python), str(driver), str(urls), str(out), str(cores), "32",
+                      str(resize), distributor], env=env)  # fmt: skip
     wall = time.time() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"img2dataset failed:\n{proc.stderr[-3000:]}")
