@@ -415,3 +415,24 @@ def test_run_batches_without_rows_writes_nothing(fetcher: Fetcher) -> None:
     tables: list[pa.Table] = []
     progress = run_batches([], fetcher, ImageOptions(), None, "r1", tables.append, label="t")
     assert tables == [] and sum(progress.counts.values()) == 0
+
+
+def test_repair_is_needed_only_after_retries_or_unrepaired_runs(tmp_path):
+    """A run's own files need no repair unless a partition was written by two task
+    attempts; an older run that never recorded itself as clean, or --retry-failed, does."""
+    from faceatlas.spark_fetch import FetchJob, _mark_clean, _may_have_duplicates
+
+    images = str(tmp_path / "images")
+    run, old = "20261122T010000-abcdef", "20261121T010000-123456"
+
+    def name(r: str, part: int, tid: int, seq: int = 0) -> str:
+        return f"{images}/country=NL/part-{r}-{part:05d}-{tid}-{seq:04d}.parquet"
+
+    job = FetchJob()
+    one_each = [name(run, 0, 7), name(run, 0, 7, 1), name(run, 1, 8)]
+    assert not _may_have_duplicates(images, one_each, job, run)
+    assert _may_have_duplicates(images, [*one_each, name(run, 1, 12)], job, run)
+    assert _may_have_duplicates(images, [name(old, 0, 3), *one_each], job, run)
+    _mark_clean(images, [old])
+    assert not _may_have_duplicates(images, [name(old, 0, 3), *one_each], job, run)
+    assert _may_have_duplicates(images, one_each, FetchJob(retry_failed=("timeout",)), run)

@@ -114,7 +114,9 @@ def _task_fn(
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
-        part, attempt = ctx.partitionId(), ctx.attemptNumber()
+        # The task attempt id, unique in the application: a resubmitted stage numbers its
+        # attempts from 0 again, and its files must not overwrite the first attempt's.
+        part, attempt = ctx.partitionId(), ctx.taskAttemptId()
         rows = [r for b in batches for r in b.to_pylist()]
         if not rows:
             return
@@ -201,26 +203,34 @@ def repair(spark, images_path: str) -> int:
     return removed
 
 
-_PART_NAME = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{6})-\d{5}-(\d+)-\d{4}\.parquet$")
+# part-RUN-PARTITION-TASKATTEMPTID-SEQ.parquet
+_PART_NAME = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{6})-(\d{5})-(\d+)-\d{4}\.parquet$")
 _CLEAN_RUNS = "_clean_runs.json"
 
 
-def _may_have_duplicates(images_path: str, files: Sequence[str], job: FetchJob) -> bool:
+def _may_have_duplicates(
+    images_path: str, files: Sequence[str], job: FetchJob, current_run: str
+) -> bool:
     """Whether `repair` has anything to look for (it costs a pass over the table).
 
-    Duplicates come only from a retried task attempt (attempt number > 0 in its files), a
+    Duplicates come only from a retried task (two attempt ids for one partition of a run), a
     retried failure (--retry-failed) or a run that was interrupted before its own repair;
-    a run that did neither leaves none.
+    a run that did neither leaves none. `current_run` is the run that just finished: it
+    counts as clean unless one of its partitions was written by two attempts.
     """
     if job.retry_failed:
         return True
     fs, base = filesystem(images_path)
-    clean = set(_read_json(fs, f"{base}/{_CLEAN_RUNS}").get("runs", []))
+    clean = {current_run, *_read_json(fs, f"{base}/{_CLEAN_RUNS}").get("runs", [])}
+    attempts: dict[tuple[str, str], set[str]] = defaultdict(set)
     for f in files:
         m = _PART_NAME.match(f.rsplit("/", 1)[-1])
-        if m and (m.group(2) != "0" or m.group(1) not in clean):
+        if m is None:
+            continue
+        if m.group(1) not in clean:
             return True
-    return False
+        attempts[m.group(1), m.group(2)].add(m.group(3))
+    return any(len(a) > 1 for a in attempts.values())
 
 
 def _runs_in(files: Sequence[str]) -> list[str]:
@@ -357,7 +367,7 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
     files, _ = _data_files(images_path)
     removed = 0
     clean = [run_id]
-    if _may_have_duplicates(images_path, files, job):
+    if _may_have_duplicates(images_path, files, job, run_id):
         removed = repair(spark, images_path)
         clean += _runs_in(files)  # every run's rows have now been through repair
         files, _ = _data_files(images_path)  # repair may have deleted some
