@@ -420,7 +420,8 @@ def test_run_batches_without_rows_writes_nothing(fetcher: Fetcher) -> None:
 def test_repair_is_needed_only_after_retries_or_unrepaired_runs(tmp_path):
     """A run's own files need no repair unless a partition was written by two task
     attempts; an older run that never recorded itself as clean, or --retry-failed, does."""
-    from faceatlas.spark_fetch import FetchJob, _mark_clean, _may_have_duplicates
+    from faceatlas.runfiles import mark_clean
+    from faceatlas.spark_fetch import FetchJob, _may_have_duplicates
 
     images = str(tmp_path / "images")
     run, old = "20261122T010000-abcdef", "20261121T010000-123456"
@@ -433,6 +434,6 @@ def test_repair_is_needed_only_after_retries_or_unrepaired_runs(tmp_path):
     assert not _may_have_duplicates(images, one_each, job, run)
     assert _may_have_duplicates(images, [*one_each, name(run, 1, 12)], job, run)
     assert _may_have_duplicates(images, [name(old, 0, 3), *one_each], job, run)
-    _mark_clean(images, [old])
+    mark_clean(images, [old])
     assert not _may_have_duplicates(images, [name(old, 0, 3), *one_each], job, run)
     assert _may_have_duplicates(images, one_each, FetchJob(retry_failed=("timeout",)), run)

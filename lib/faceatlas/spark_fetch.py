@@ -30,17 +30,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from faceatlas import __version__, schemas
+from faceatlas import __version__, runfiles, schemas
 from faceatlas.fetch import (
     IMAGE_TABLE_STATUSES,
     ImageOptions,
@@ -49,7 +46,7 @@ from faceatlas.fetch import (
     run_batches,
 )
 from faceatlas.httpfetch import FetchOptions
-from faceatlas.partwrite import filesystem, write_empty, write_partitioned
+from faceatlas.partwrite import write_empty, write_partitioned
 from faceatlas.storage import HadoopFS, normalize_root, table_path, write_stats
 
 log = logging.getLogger(__name__)
@@ -114,15 +111,13 @@ def _task_fn(
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
-        # The task attempt id, unique in the application: a resubmitted stage numbers its
-        # attempts from 0 again, and its files must not overwrite the first attempt's.
         part, attempt = ctx.partitionId(), ctx.taskAttemptId()
         rows = [r for b in batches for r in b.to_pylist()]
         if not rows:
             return
         fetcher = _worker_fetcher(job.fetch, limits_dir)
         seq = itertools.count()
-        stem = f"part-{run_id}-{part:05d}-{attempt}"
+        stem = runfiles.part_stem(run_id, part, attempt)
 
         def write(table: pa.Table) -> None:
             write_partitioned(table, images_path, schemas.IMAGES_PARTITIONS,
@@ -136,125 +131,21 @@ def _task_fn(
 
 
 # -- the images table -----------------------------------------------------------------
-def _data_files(images_path: str) -> tuple[list[str], list[str]]:
-    """(visible Parquet files, leftover hidden temporary files) under the table."""
-    fs, base = filesystem(images_path)
-    info = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=True))
-    data, temps = [], []
-    for i in info:
-        if i.type != pafs.FileType.File:
-            continue
-        name = i.base_name
-        if name.startswith(".") and name.endswith(".tmp"):
-            temps.append(i.path)
-        elif name.endswith(".parquet") and not name.startswith((".", "_")):
-            data.append(i.path)
-    return data, temps
-
-
 def read_images(spark, images_path: str):
     return spark.read.schema(schemas.spark_ddl(schemas.IMAGES)).parquet(images_path)
 
 
-def _rewrite_without(file_uri: str, photo_ids: set[int]) -> int:
-    """Drop rows of `photo_ids` from one Parquet file (deleted when nothing is left)."""
-    fs, path = filesystem(file_uri)
-    table = pq.read_table(path, filesystem=fs)
-    keep = pc.invert(pc.is_in(table.column("photo_id"), pa.array(sorted(photo_ids), pa.int64())))
-    kept = table.filter(keep)
-    removed = table.num_rows - kept.num_rows
-    if kept.num_rows == 0:
-        fs.delete_file(path)
-    elif removed:
-        folder, name = path.rsplit("/", 1)
-        tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        pq.write_table(kept, tmp, filesystem=fs, compression="snappy")
-        fs.move(tmp, path)
-    return removed
-
-
 def repair(spark, images_path: str) -> int:
     """Keep one row per photo: the ok one, else the newest. Returns rows removed."""
-    from pyspark.sql import functions as F
-
-    files, temps = _data_files(images_path)
-    fs, _ = filesystem(images_path)
-    for t in temps:  # a killed writer's half-written file
-        fs.delete_file(t)
-    if not files:
-        return 0
-    df = read_images(spark, images_path).select(
-        "photo_id", "status", "fetched_at", F.col("_metadata.file_path").alias("file")
-    )
-    dup_ids = df.groupBy("photo_id").count().where("count > 1").select("photo_id")
-    rows = df.join(dup_ids, "photo_id").collect()
-    if not rows:
-        return 0
-    by_photo: dict[int, list] = defaultdict(list)
-    for r in rows:
-        by_photo[r["photo_id"]].append(r)
-    losers: dict[str, set[int]] = defaultdict(set)
-    for pid, rs in by_photo.items():
-        rs.sort(key=lambda r: (r["status"] == "ok", r["fetched_at"], r["file"]), reverse=True)
-        for r in rs[1:]:
-            losers[r["file"]].add(pid)
-    removed = sum(_rewrite_without(f, ids) for f, ids in sorted(losers.items()))
-    log.warning("fetch: removed %d duplicate rows from %d files", removed, len(losers))
-    return removed
+    return runfiles.repair(
+        spark, images_path, schemas.spark_ddl(schemas.IMAGES), "photo_id",
+        ("status", "fetched_at"), lambda r: (r["status"] == "ok", r["fetched_at"]),
+    )  # fmt: skip
 
 
-# part-RUN-PARTITION-TASKATTEMPTID-SEQ.parquet
-_PART_NAME = re.compile(r"^part-(\d{8}T\d{6}-[0-9a-f]{6})-(\d{5})-(\d+)-\d{4}\.parquet$")
-_CLEAN_RUNS = "_clean_runs.json"
-
-
-def _may_have_duplicates(
-    images_path: str, files: Sequence[str], job: FetchJob, current_run: str
-) -> bool:
-    """Whether `repair` has anything to look for (it costs a pass over the table).
-
-    Duplicates come only from a retried task (two attempt ids for one partition of a run), a
-    retried failure (--retry-failed) or a run that was interrupted before its own repair;
-    a run that did neither leaves none. `current_run` is the run that just finished: it
-    counts as clean unless one of its partitions was written by two attempts.
-    """
-    if job.retry_failed:
-        return True
-    fs, base = filesystem(images_path)
-    clean = {current_run, *_read_json(fs, f"{base}/{_CLEAN_RUNS}").get("runs", [])}
-    attempts: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for f in files:
-        m = _PART_NAME.match(f.rsplit("/", 1)[-1])
-        if m is None:
-            continue
-        if m.group(1) not in clean:
-            return True
-        attempts[m.group(1), m.group(2)].add(m.group(3))
-    return any(len(a) > 1 for a in attempts.values())
-
-
-def _runs_in(files: Sequence[str]) -> list[str]:
-    names = (_PART_NAME.match(f.rsplit("/", 1)[-1]) for f in files)
-    return sorted({m.group(1) for m in names if m})
-
-
-def _mark_clean(images_path: str, run_ids: Sequence[str]) -> None:
-    """Record that every row of these runs has been through repair (or needed none)."""
-    fs, base = filesystem(images_path)
-    fs.create_dir(base, recursive=True)
-    path = f"{base}/{_CLEAN_RUNS}"
-    runs = sorted({*_read_json(fs, path).get("runs", []), *run_ids})
-    tmp = f"{base}/.{_CLEAN_RUNS}.{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open_output_stream(tmp) as out:
-        out.write(json.dumps({"runs": runs}).encode())
-    fs.move(tmp, path)
-
-
-def _read_json(fs: pafs.FileSystem, path: str) -> dict:
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return {}
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
+def _may_have_duplicates(images_path: str, files: Sequence[str], job: FetchJob, run_id: str):
+    """--retry-failed leaves the old row beside the new one; else see runfiles."""
+    return bool(job.retry_failed) or runfiles.may_have_duplicates(images_path, files, run_id)
 
 
 # -- planning -------------------------------------------------------------------------
@@ -284,25 +175,6 @@ def select_photos(spark, photos_path: str, job: FetchJob, template: UrlTemplate 
     return df
 
 
-def _progress_thread(spark, stop: threading.Event, every: float = 15.0) -> threading.Thread:
-    """Logs the driver's view while tasks run: tasks finished of the active stages."""
-
-    def loop() -> None:
-        tracker = spark.sparkContext.statusTracker()
-        while not stop.wait(every):
-            for sid in tracker.getActiveStageIds():
-                info = tracker.getStageInfo(sid)
-                if info is not None:
-                    log.warning(
-                        "fetch: stage %d: %d/%d tasks done, %d running",
-                        sid, info.numCompletedTasks, info.numTasks, info.numActiveTasks,
-                    )  # fmt: skip
-
-    t = threading.Thread(target=loop, name="fetch-progress", daemon=True)
-    t.start()
-    return t
-
-
 def run_fetch(spark, root: str, job: FetchJob) -> dict:
     """Fetch the photos asked for into ROOT/images; return the stats (also in _stats)."""
     from pyspark.sql import functions as F
@@ -323,7 +195,7 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
     asked = select_photos(spark, photos_path, job, template)
-    files, _ = _data_files(images_path)
+    files, _ = runfiles.data_files(images_path)
     if files:
         done = read_images(spark, images_path).where(
             (F.col("status") == "ok") | ~F.col("status").isin(list(job.retry_failed))
@@ -353,7 +225,7 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
         limits_dir = limits_dir_for(spark.sparkContext.applicationId)
         fn = _task_fn(job, template, images_path, run_id, limits_dir)
         stop = threading.Event()
-        _progress_thread(spark, stop)
+        runfiles.progress_thread(spark, stop, "fetch")
         try:
             result = parts.mapInArrow(fn, schemas.spark_ddl(schemas.FETCH_COUNTS)).collect()
         finally:
@@ -364,14 +236,14 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
             image_bytes += r["image_bytes"]
             photo_seconds += r["seconds"]
     fetch_seconds = time.time() - t_fetch
-    files, _ = _data_files(images_path)
+    files, _ = runfiles.data_files(images_path)
     removed = 0
     clean = [run_id]
     if _may_have_duplicates(images_path, files, job, run_id):
         removed = repair(spark, images_path)
-        clean += _runs_in(files)  # every run's rows have now been through repair
-        files, _ = _data_files(images_path)  # repair may have deleted some
-    _mark_clean(images_path, clean)
+        clean += runfiles.runs_in(files)  # every run's rows have now been through repair
+        files, _ = runfiles.data_files(images_path)  # repair may have deleted some
+    runfiles.mark_clean(images_path, clean)
 
     empty_marker = table_path(images_path, "part-empty.parquet")
     if not files:
