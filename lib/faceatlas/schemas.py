@@ -118,10 +118,95 @@ FETCH_COUNTS = pa.schema(
     ]
 )
 
+# ROOT/faces/: one row per face found in an ok image; partitioned like photos.
+# Landmarks are five (x, y) points in the photo's pixels, flattened: the image-left eye
+# centre, the image-right eye centre, the nose tip, the image-left and image-right mouth
+# corners (MTCNN's order; dlib's 68 points are reduced to these).
+FACES = pa.schema(
+    [
+        ("face_id", pa.string()),  # "<photo_id>-<n>", n by descending face size
+        ("photo_id", pa.int64()),
+        ("user_id", pa.string()),
+        ("detector", pa.string()),  # mtcnn, haar+mtcnn, haar+dlib, dlib
+        ("box", pa.list_(pa.float32())),  # x, y, width, height in the photo's pixels
+        ("landmarks", pa.list_(pa.float32())),  # 10 values, see above
+        ("confidence", pa.float32()),  # the detector's score (MTCNN: a probability)
+        ("eye_distance", pa.float32()),  # pixels between the eye centres, in the photo
+        ("blur", pa.float32()),  # variance of the Laplacian of the aligned face's grey
+        ("luminance", pa.float32()),  # mean luma (0-255) of the face's central region
+        ("dark_share", pa.float32()),  # share of that region's pixels at luma <= 16
+        ("saturation", pa.float32()),  # mean HSV saturation (0-1); ~0 for grey images
+        ("yaw", pa.float32()),  # degrees, rough, from the landmarks
+        ("pitch", pa.float32()),
+        ("roll", pa.float32()),
+        ("quality_pass", pa.bool_()),
+        ("quality_failed", pa.list_(pa.string())),  # names of the checks that failed
+        ("aligned", pa.binary()),  # PNG of the aligned face
+        ("aligned_size", pa.int32()),  # its width = height
+        ("alignment", pa.string()),  # ffhq, or template:<name>
+        ("gender", pa.string()),  # female / male
+        ("p_female", pa.float32()),
+        ("age", pa.float32()),  # years, the expectation over the model's 0-80 bins
+        ("age_group", pa.string()),  # young / old (split at --young-below)
+        ("age_bin", pa.string()),  # FairFace: 0-2, 3-9, ..., 70+
+        ("ita", pa.float32()),  # Individual Typology Angle, degrees
+        ("skin_tone", pa.string()),  # very_light, light, intermediate, tan, brown, dark
+        ("skin_pixels", pa.int32()),  # pixels the ITA was computed from
+        ("ethnicity", pa.string()),  # only with a user-supplied --ethnicity-model
+        ("ethnicity_p", pa.float32()),
+        ("run_id", pa.string()),
+        ("processed_at", TS_UTC),
+        ("country", pa.string()),
+        ("continent", pa.string()),
+    ]
+)
+FACES_PARTITIONS = PHOTOS_PARTITIONS
+
+# ROOT/face_photos/: one row per ok image the faces stage processed: what came of it.
+# status: faces (at least one face kept), no_face, or quarantined (see reason).
+FACE_PHOTOS = pa.schema(
+    [
+        ("photo_id", pa.int64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),  # quarantined only: decode_error, internal_error, ...
+        ("detail", pa.string()),
+        ("detected", pa.int32()),  # faces the detector returned
+        ("faces", pa.int32()),  # rows written to faces/ (after the policy and size checks)
+        ("dropped", pa.list_(pa.string())),  # why each detected face was not kept
+        ("seconds", pa.float64()),
+        ("run_id", pa.string()),
+        ("processed_at", TS_UTC),
+        ("country", pa.string()),
+        ("continent", pa.string()),
+    ]
+)
+FACE_PHOTOS_PARTITIONS = PHOTOS_PARTITIONS
+
+# ROOT/quarantine/faces/: one row per image that could not be processed.
+QUARANTINE_FACES = pa.schema(
+    [
+        ("photo_id", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("run_id", pa.string()),
+        ("country", pa.string()),
+        ("continent", pa.string()),
+    ]
+)
+
+# What each faces task hands back: photos by status, faces written, seconds per step.
+FACES_COUNTS = pa.schema(
+    [
+        ("key", pa.string()),  # photos:<status>, quarantine:<reason>, faces, dropped:<why>,
+        ("n", pa.int64()),  # seconds:<step> (n = microseconds)
+    ]
+)
+
 _SPARK_TYPES = {
     pa.int8(): "TINYINT",
     pa.int32(): "INT",
     pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
     pa.float64(): "DOUBLE",
     pa.bool_(): "BOOLEAN",
     pa.string(): "STRING",
