@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as pads
 from PIL import Image, ImageDraw
 
@@ -45,15 +46,59 @@ def serve_folder(folder: str | Path) -> Iterator[int]:
         server.server_close()
 
 
-def draw_photo(photo_id: int, country: str, size: tuple[int, int] = (500, 375)) -> Image.Image:
-    """A recognisable placeholder: a colour from the photo id, the country code written on."""
+# The demo world: each country has a true face, the generator's image of a centre latent
+# drawn from the country code; its photos show faces drawn around that centre. Later stages
+# can then be scored against the truth. Every NO_FACE_EVERY-th photo shows no face.
+FACE_SPREAD = 0.6
+NO_FACE_EVERY = 7
+
+
+def country_centre(country: str, z_dim: int = 100) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(f"centre:{country}".encode()).digest()[:8], "big")
+    return np.random.default_rng(seed).standard_normal(z_dim).astype(np.float32)
+
+
+def photo_latent(photo_id: int, country: str, z_dim: int = 100) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(f"photo:{photo_id}".encode()).digest()[:8], "big")
+    noise = np.random.default_rng(seed).standard_normal(z_dim).astype(np.float32)
+    return country_centre(country, z_dim) + FACE_SPREAD * noise
+
+
+def draw_photo(photo_id: int, country: str, face: np.ndarray | None = None,
+               size: tuple[int, int] = (500, 375)) -> Image.Image:  # fmt: skip
+    """A placeholder photo: a colour from the photo id, the country code written on, and
+    `face` (uint8 RGB) pasted at 3x at a position drawn from the id; an ellipse without it."""
     h = hashlib.sha256(str(photo_id).encode()).digest()
     img = Image.new("RGB", size, (h[0], h[1], h[2]))
     draw = ImageDraw.Draw(img)
-    draw.ellipse((size[0] // 3, size[1] // 4, 2 * size[0] // 3, 3 * size[1] // 4),
-                 fill=(h[3], h[4], h[5]))  # fmt: skip
+    if face is None:
+        draw.ellipse((size[0] // 3, size[1] // 4, 2 * size[0] // 3, 3 * size[1] // 4),
+                     fill=(h[3], h[4], h[5]))  # fmt: skip
+    else:
+        k = 3
+        big = Image.fromarray(face).resize((face.shape[1] * k, face.shape[0] * k),
+                                           Image.Resampling.BICUBIC)  # fmt: skip
+        x = 20 + h[6] % max(1, size[0] - big.width - 40)
+        y = 20 + h[7] % max(1, size[1] - big.height - 40)
+        img.paste(big, (x, y))
     draw.text((10, 10), f"{country} {photo_id}", fill=(255, 255, 255))
     return img
+
+
+def _faces_for(latents: list[np.ndarray]) -> np.ndarray:
+    """The bundled generator's images of these latents, uint8 RGB."""
+    import torch
+
+    from faceatlas.template_measure import dcgan64_net
+
+    net = dcgan64_net()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(latents), 64):
+            z = torch.from_numpy(np.stack(latents[start : start + 64]))[:, :, None, None]
+            img = ((net(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            out.append(img.permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
 
 
 def write_demo_photos(root: str | Path, folder: str | Path, per_country: int, seed: int = 0,
@@ -70,13 +115,18 @@ def write_demo_photos(root: str | Path, folder: str | Path, per_country: int, se
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     drawn = missing = 0
+    todo: list[tuple[int, str]] = []
     for cc, ids in sorted(by_country.items()):
         for pid in sorted(ids, key=lambda p: selection_key(p, seed))[:per_country]:
             if missing_every and (drawn + missing) % missing_every == missing_every - 1:
                 missing += 1
                 continue
-            path = out / f"{pid}.jpg"
-            if not path.exists():
-                draw_photo(pid, cc).save(path, "JPEG", quality=85)
+            if not (out / f"{pid}.jpg").exists():
+                todo.append((pid, cc))
             drawn += 1
+    with_face = [(pid, cc) for pid, cc in todo if pid % NO_FACE_EVERY]
+    faces = dict(zip(with_face, _faces_for([photo_latent(p, c) for p, c in with_face]),
+                     strict=True))  # fmt: skip
+    for pid, cc in todo:
+        draw_photo(pid, cc, faces.get((pid, cc))).save(out / f"{pid}.jpg", "JPEG", quality=90)
     return drawn, missing

@@ -54,4 +54,31 @@ def summarize(spark, root: str, top: int = 10) -> str:
             f"{fetch['already_settled']:,} already settled, {fetch['seconds']:.1f} s "
             f"({fetch['images_per_second']:.1f} photos/s)"
         )
+    out += _faces_lines(spark, root, read_stats(fs, root, "faces"))
     return "\n".join(out)
+
+
+def _faces_lines(spark, root: str, stats: dict | None) -> list[str]:
+    if stats is None:
+        return ["faces: not run yet"]
+    from pyspark.sql import functions as F
+
+    from faceatlas import schemas
+
+    faces = spark.read.schema(schemas.spark_ddl(schemas.FACES)).parquet(f"{root}/faces")
+    row = faces.agg(
+        F.count("*").alias("n"),
+        F.sum(F.col("quality_pass").cast("int")).alias("passed"),
+        F.countDistinct("country").alias("countries"),
+        F.sum((F.col("gender") == "female").cast("int")).alias("female"),
+        F.sum((F.col("age_group") == "young").cast("int")).alias("young"),
+    ).collect()[0]
+    photos = stats["photos"]
+    return [
+        f"faces: {row['n'] or 0:,} faces in {row['countries']:,} countries, "
+        f"{row['passed'] or 0:,} pass the quality checks; {row['female'] or 0:,} female, "
+        f"{row['young'] or 0:,} young",
+        f"  last run {stats['run_id']}: {stats['processed']:,} photos processed "
+        f"({photos['faces']:,} with faces, {photos['no_face']:,} without, "
+        f"{photos['quarantined']:,} quarantined), {stats['seconds']:.1f} s",
+    ]
