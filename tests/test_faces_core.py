@@ -228,3 +228,16 @@ def test_rotated_and_scaled_copies_give_the_same_aligned_face(align, size):
         diff = np.abs(_decode(f["aligned"]) - ref).mean()
         # Landmarks move by a pixel or two between copies; another face is far away.
         assert diff < 16 and diff < 0.35 * different, (angle, scale, diff, different)
+
+
+def test_a_user_ethnicity_model_fills_the_column(tmp_path):
+    from test_attributes import _channel_model
+
+    path = tmp_path / "eth.onnx"
+    _channel_model(path)
+    m = get_models(FaceOptions(ethnicity_model=str(path)))
+    (f,) = process_photo(_row(skimage.data.astronaut()), m, "r").faces
+    assert f["ethnicity"] in ("White", "Black", "Latino_Hispanic")  # the colour channels
+    assert 0 < f["ethnicity_p"] <= 1
+    with pytest.raises(FileNotFoundError, match="no ethnicity model"):
+        get_models(FaceOptions(ethnicity_model=str(tmp_path / "missing.onnx")))
