@@ -89,13 +89,13 @@ def _faces_for(latents: list[np.ndarray]) -> np.ndarray:
     """The bundled generator's images of these latents, uint8 RGB."""
     import torch
 
-    from faceatlas.template_measure import dcgan64_net
+    from faceatlas.gan.dcgan import load_bundled
 
-    net = dcgan64_net()
+    net = load_bundled()
     out = []
     with torch.no_grad():
         for start in range(0, len(latents), 64):
-            z = torch.from_numpy(np.stack(latents[start : start + 64]))[:, :, None, None]
+            z = torch.from_numpy(np.stack(latents[start : start + 64]))
             img = ((net(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             out.append(img.permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)

@@ -28,31 +28,18 @@ UPSCALE = 4
 CANVAS = (600, 800)  # height, width of the plain background the face is pasted on
 
 
-def dcgan64_net():
-    """The DCGAN of gan-face-generate (z of 100, 64x64 RGB in [-1, 1]), in eval mode."""
-    import importlib.util
-
-    import torch
-    from gan_face_generate.models import Generator
-
-    spec = importlib.util.find_spec("gan_face_generate")
-    weights = Path(spec.origin).parent / "weights.tar"
-    net = Generator(0, 3, 100, 64)
-    state = torch.load(weights, map_location="cpu", weights_only=True)["netG_state_dict"]
-    net.load_state_dict(state)
-    return net.eval()
-
-
 def dcgan64_sampler(seed: int) -> Callable[[int], np.ndarray]:
     """Samples of the bundled DCGAN (z ~ N(0, 1), 100-d), uint8 RGB 64x64."""
     import torch
 
-    net = dcgan64_net()
+    from faceatlas.gan.dcgan import load_bundled
+
+    net = load_bundled()
     gen = torch.Generator().manual_seed(seed)
 
     def sample(n: int) -> np.ndarray:
         with torch.no_grad():
-            z = torch.randn(n, 100, 1, 1, generator=gen)
+            z = torch.randn(n, 100, generator=gen)
             img = net(z)  # [-1, 1], NCHW
         out = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return out.permute(0, 2, 3, 1).numpy()
