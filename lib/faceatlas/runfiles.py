@@ -107,11 +107,21 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict:
         return json.loads(f.read().decode())
 
 
-def rewrite_without(file_uri: str, key: str, ids: set) -> int:
-    """Drop the rows whose `key` is in `ids` from one Parquet file (deleted when empty)."""
+def _key_column(table: pa.Table, key: Sequence[str]) -> pa.ChunkedArray:
+    """The key of each row: the column itself, or its columns joined with '|'."""
+    if len(key) == 1:
+        return table.column(key[0])
+    parts = [pc.cast(table.column(k), pa.string()) for k in key]
+    return pc.binary_join_element_wise(*parts, "|")
+
+
+def rewrite_without(file_uri: str, key: str | Sequence[str], ids: set) -> int:
+    """Drop the rows whose key (a column, or columns joined with '|') is in `ids` from one
+    Parquet file (deleted when nothing is left). Returns the rows removed."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
     fs, path = filesystem(file_uri)
     table = pq.read_table(path, filesystem=fs)
-    column = table.column(key)
+    column = _key_column(table, keys)
     keep = pc.invert(pc.is_in(column, pa.array(sorted(ids), column.type)))
     kept = table.filter(keep)
     removed = table.num_rows - kept.num_rows
@@ -125,37 +135,38 @@ def rewrite_without(file_uri: str, key: str, ids: set) -> int:
     return removed
 
 
-def repair(spark, path: str, ddl: str, key: str, rank_cols: Sequence[str],
+def repair(spark, path: str, ddl: str, key: str | Sequence[str], rank_cols: Sequence[str],
            rank: Callable[[dict], tuple]) -> int:  # fmt: skip
-    """Keep one row per `key`: the one with the highest `rank(row)` (over `rank_cols`,
-    then the file name); rewrite the few files that hold the others. Returns rows removed.
+    """Keep one row per key (a column, or several): the one with the highest `rank(row)`
+    (over `rank_cols`, then the file name); rewrite the few files that hold the others.
+    Returns the rows removed.
     """
     from pyspark.sql import functions as F
 
+    keys = (key,) if isinstance(key, str) else tuple(key)
     files, temps = data_files(path)
     fs, _ = filesystem(path)
     for t in temps:  # a killed writer's half-written file
         fs.delete_file(t)
     if not files:
         return 0
-    df = (
-        spark.read.schema(ddl)
-        .parquet(path)
-        .select(key, *rank_cols, F.col("_metadata.file_path").alias("_file"))
-    )
-    dup_keys = df.groupBy(key).count().where("count > 1").select(key)
-    rows = [r.asDict() for r in df.join(dup_keys, key).collect()]
+    df = spark.read.schema(ddl).parquet(path)
+    k = F.col(keys[0]) if len(keys) == 1 else F.concat_ws("|", *[F.col(c) for c in keys])
+    df = df.select(k.alias("_key"), *dict.fromkeys(rank_cols),
+                   F.col("_metadata.file_path").alias("_file"))  # fmt: skip
+    dup_keys = df.groupBy("_key").count().where("count > 1").select("_key")
+    rows = [r.asDict() for r in df.join(dup_keys, "_key").collect()]
     if not rows:
         return 0
     by_key: dict[object, list[dict]] = defaultdict(list)
     for r in rows:
-        by_key[r[key]].append(r)
+        by_key[r["_key"]].append(r)
     losers: dict[str, set] = defaultdict(set)
-    for k, rs in by_key.items():
+    for kv, rs in by_key.items():
         rs.sort(key=lambda r: (*rank(r), r["_file"]), reverse=True)
         for r in rs[1:]:
-            losers[r["_file"]].add(k)
-    removed = sum(rewrite_without(f, key, ids) for f, ids in sorted(losers.items()))
+            losers[r["_file"]].add(kv)
+    removed = sum(rewrite_without(f, keys, ids) for f, ids in sorted(losers.items()))
     log.warning("%s: removed %d duplicate rows from %d files", path, removed, len(losers))
     return removed
 
