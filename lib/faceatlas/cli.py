@@ -207,6 +207,60 @@ def cmd_measure_template(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project(args: argparse.Namespace) -> int:
+    from faceatlas.project import ProjectOptions
+    from faceatlas.spark_project import ProjectError, ProjectJob, run_project, summary_json
+
+    try:
+        job = ProjectJob(
+            generator=args.generator,
+            options=ProjectOptions(
+                space=args.space,
+                steps=args.steps,
+                batch=args.batch,
+                lr=args.lr,
+                optimize_noise=args.optimize_noise,
+                loss=args.loss,
+                vgg_weights=args.vgg_weights,
+                patience=args.patience,
+                seed=args.seed,
+            ),
+            device=args.device,
+            limit=args.limit,
+            faces_per_task=args.faces_per_task,
+        )
+    except ValueError as e:
+        print(f"faceatlas project: {e}", file=sys.stderr)
+        return 2
+    spark = _spark(args, "faceatlas-project")
+    try:
+        stats = run_project(spark, args.data, job)
+    except ProjectError as e:
+        print(f"faceatlas project: {e}", file=sys.stderr)
+        return 2
+    print(summary_json(stats))
+    return 0
+
+
+def cmd_convert_network(args: argparse.Namespace) -> int:
+    from faceatlas.gan.ownformat import convert
+    from faceatlas.gan.pickle_safe import read_official
+
+    out = args.output.with_suffix("") if args.output.suffix == ".safetensors" else args.output
+    try:
+        found = read_official(args.pickle)
+        saved = [convert(args.pickle, out, which=args.which)]
+        # The discriminator goes beside the generator: --loss disc looks for NAME.D.*.
+        if args.which != "D" and "D" in found:
+            saved.append(convert(args.pickle, out.with_name(out.name + ".D"), which="D"))
+    except (ValueError, OSError, KeyError) as e:
+        print(f"faceatlas convert-network: {e}", file=sys.stderr)
+        return 2
+    for s in saved:
+        print(f"wrote {s.tensors_path} and {s.json_path} (content hash {s.content_hash})")
+    return 0
+
+
 def cmd_demo_fetch(args: argparse.Namespace) -> int:
     from faceatlas.demo import serve_folder, write_demo_photos
     from faceatlas.fetch import ImageOptions
@@ -558,6 +612,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, help="default lib/faceatlas/templates/NAME.json")
     p.set_defaults(func=cmd_measure_template)
+
+    p = sub.add_parser(
+        "project",
+        help="ROOT/faces -> ROOT/latents (project faces into a generator's latent space)",
+        description="Find, for every face that passed the quality checks and is aligned for "
+        "the generator, the latent code that makes the generator reproduce it (batched "
+        "optimisation, on the GPU when Spark gives the task one). Faces that already have "
+        "a latent for the same generator and settings are skipped.",
+    )
+    p.add_argument("--data", required=True, metavar="ROOT", help="data root (folder or URI)")
+    p.add_argument("--generator", default="dcgan64",
+                   help="dcgan64 (bundled, default), an official StyleGAN2-ADA .pkl, or a "
+                   ".safetensors file in the project's format")  # fmt: skip
+    p.add_argument("--space", choices=("auto", "w", "wplus", "z"), default="auto",
+                   help="auto: w with a mapping network, else z")  # fmt: skip
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
+    p.add_argument("--batch", type=int, default=32, help="faces optimised together (32)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimize-noise", action="store_true",
+                   help="also optimise StyleGAN2 noise maps (regularised)")  # fmt: skip
+    p.add_argument("--loss", choices=("auto", "vgg", "disc", "pixel"), default="auto",
+                   help="auto: vgg with --vgg-weights, else the discriminator's features "
+                   "when the file has one, else pixel MSE + MS-SSIM")  # fmt: skip
+    p.add_argument("--vgg-weights", metavar="PATH", help="a VGG16 state dict (torchvision names)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=30,
+        help="steps without improvement before a face stops (default 30)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--limit", type=int, help="project at most N faces this run")
+    p.add_argument("--faces-per-task", type=int, default=256)
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser(
+        "convert-network",
+        help="official StyleGAN2-ADA .pkl -> the project's format (safetensors + JSON)",
+        description="Read an official network pickle without running any code from it and "
+        "write NAME.safetensors and NAME.json (and NAME.D.* for the discriminator).",
+    )
+    p.add_argument("pickle", type=Path)
+    p.add_argument("output", type=Path, help="NAME or NAME.safetensors")
+    p.add_argument("--which", default="G_ema", choices=("G_ema", "G", "D"))
+    p.set_defaults(func=cmd_convert_network)
 
     p = sub.add_parser(
         "demo-fetch",

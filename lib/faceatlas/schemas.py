@@ -202,6 +202,36 @@ FACES_COUNTS = pa.schema(
     ]
 )
 
+# ROOT/latents/: one row per projected face and (generator, projection settings).
+LATENTS = pa.schema(
+    [
+        ("face_id", pa.string()),
+        ("photo_id", pa.int64()),
+        ("user_id", pa.string()),
+        ("gender", pa.string()),
+        ("age_group", pa.string()),
+        ("age_bin", pa.string()),
+        ("skin_tone", pa.string()),
+        ("generator", pa.string()),  # the spec it was loaded from
+        ("generator_hash", pa.string()),  # content hash of its kind, arguments and tensors
+        ("space", pa.string()),  # w, wplus or z
+        ("latent", pa.list_(pa.float32())),  # flattened, row-major
+        ("latent_shape", pa.list_(pa.int32())),  # [layers, dim]
+        ("loss_kind", pa.string()),  # vgg, disc or pixel
+        ("loss", pa.float32()),
+        ("steps", pa.int32()),  # steps run before the face stopped improving, or all
+        ("psnr", pa.float32()),  # dB, reconstruction against the aligned face
+        ("ssim", pa.float32()),
+        ("settings_hash", pa.string()),
+        ("device", pa.string()),
+        ("run_id", pa.string()),
+        ("projected_at", TS_UTC),
+        ("country", pa.string()),
+        ("continent", pa.string()),
+    ]
+)
+LATENTS_PARTITIONS = PHOTOS_PARTITIONS
+
 _SPARK_TYPES = {
     pa.int8(): "TINYINT",
     pa.int32(): "INT",
