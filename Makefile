@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ROOT ?= demo-data
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test test-quick bench bench-ingest bench-fetch bench-faces lint system venv clean
+.PHONY: demo test test-quick bench bench-ingest bench-fetch bench-faces bench-project lint system venv clean
 
 # System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark.
 system:
@@ -42,7 +42,7 @@ test: venv
 test-quick: venv
 	$(PY) -m pytest -q -m "not slow and not spark" tests
 
-bench: bench-ingest bench-fetch bench-faces
+bench: bench-ingest bench-fetch bench-faces bench-project
 
 bench-ingest: venv
 	$(PY) bench/bench_ingest.py $(BENCH_ARGS)
@@ -56,6 +56,9 @@ bench-fetch: venv
 
 bench-faces: venv
 	$(PY) bench/bench_faces.py $(BENCH_ARGS)
+
+bench-project: venv
+	$(PY) bench/bench_project.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check lib jobs tests bench

@@ -175,3 +175,18 @@ def test_vgg_loss_from_a_user_weights_file(tiny, tmp_path):
     torch.save({"fc.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a VGG16"):
         Loss("vgg", G, vgg_weights=str(bad))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_projection_agrees_with_the_cpu(tiny):
+    G, _ = tiny
+    faces = _images(G, torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(6)), "w")
+    opts = ProjectOptions(steps=20, space="w", loss="pixel")
+    cpu = project(G, faces, ["a", "b"], opts)
+    gpu = project(G.to("cuda"), faces, ["a", "b"], opts, device="cuda")
+    for c, g in zip(cpu, gpu, strict=True):
+        assert abs(c.psnr - g.psnr) < 1.0
+    mixed = project(G, faces, ["a", "b"], ProjectOptions(**{**opts.__dict__, "precision": "mixed"}),
+                    device="cuda")  # fmt: skip
+    assert all(np.isfinite(p.loss) for p in mixed)

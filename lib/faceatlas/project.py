@@ -58,6 +58,9 @@ class ProjectOptions:
     z_init: float = 0.3
     w_avg_samples: int = 10_000
     seed: int = 0
+    # mixed: a StyleGAN2's high-resolution blocks in float16 as the official networks train
+    # (num_fp16_res); for CUDA devices, where it roughly halves the time per step.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -68,6 +71,8 @@ class ProjectOptions:
             raise ValueError("steps, batch and patience must be >= 1")
         if self.lr <= 0 or not 0 <= self.noise_ramp <= 1:
             raise ValueError("lr must be > 0 and noise_ramp in [0, 1]")
+        if self.precision not in ("fp32", "mixed"):
+            raise ValueError(f"precision must be fp32 or mixed, got {self.precision!r}")
         if self.loss == "vgg" and not self.vgg_weights:
             raise ValueError("loss vgg needs --vgg-weights (a VGG16 state dict)")
 
@@ -335,11 +340,14 @@ def project(G, faces: list[np.ndarray], keys: list[str], opts: ProjectOptions, D
         params += noise_maps
     optimizer = torch.optim.Adam(params, lr=opts.lr, betas=(0.9, 0.999))
 
+    mixed = opts.precision == "mixed" and G.kind == "stylegan2"
+
     def synth(lat: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.Tensor:
         ws = lat.repeat(1, G.num_ws, 1) if lat.shape[1] == 1 else lat
+        extra: dict = {"force_fp32": False} if mixed else {}
         if noise:
-            return G.synthesis(ws, noise_mode="const", noise_inputs=noise)
-        return G.synthesis(ws, noise_mode="const")
+            extra["noise_inputs"] = noise
+        return G.synthesis(ws, noise_mode="const", **extra).float()
 
     best = torch.full((n,), math.inf, device=device)
     since_best = torch.zeros(n, dtype=torch.long, device=device)
