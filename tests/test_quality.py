@@ -350,7 +350,7 @@ def test_thresholds_are_frozen_with_the_documented_defaults() -> None:
         (np.zeros((8, 8, 3), dtype=np.float32), GOOD["lm5"], 0.9, "uint8"),
         (np.zeros((8, 8), dtype=np.uint8), GOOD["lm5"], 0.9, "H x W x 3"),
         (np.zeros((8, 8, 4), dtype=np.uint8), GOOD["lm5"], 0.9, "H x W x 3"),
-        (np.zeros((8, 8, 3), dtype=np.uint8), GOOD["lm5"][:4], 0.9, "lm5"),
+        (np.zeros((8, 8, 3), dtype=np.uint8), GOOD["lm5"][:4], 0.9, "landmarks"),
         (np.zeros((8, 8, 3), dtype=np.uint8), GOOD["lm5"], None, "confidence"),
         (np.zeros((8, 8, 3), dtype=np.uint8), GOOD["lm5"], "high", "confidence"),
     ],

@@ -66,6 +66,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from faceatlas.landmarks import as_landmarks
+
 __all__ = [
     "DLIB5_TEMPLATE",
     "FAIRFACE7",
@@ -175,7 +177,7 @@ def landmark_problem(image_rgb: np.ndarray, lm5: np.ndarray | None) -> str | Non
     _check_image(image_rgb)
     if lm5 is None:
         return "no landmarks"
-    return _problem(image_rgb, _as_landmarks(lm5))
+    return _problem(image_rgb, as_landmarks(lm5))
 
 
 def face_chip(
@@ -190,7 +192,7 @@ def face_chip(
     size, padding = _check_chip_args(size, padding)
     if lm5 is None:
         return None
-    lm = _as_landmarks(lm5)
+    lm = as_landmarks(lm5)
     if _problem(image_rgb, lm) is not None:
         return None
     return _warp_chip(image_rgb, lm, size, padding)
@@ -213,16 +215,6 @@ def _check_chip_args(size: Any, padding: Any) -> tuple[int, float]:
     if not (math.isfinite(padding) and padding >= 0):
         raise ValueError(f"padding must be a number >= 0, got {padding!r}")
     return int(size), float(padding)
-
-
-def _as_landmarks(lm5: Any) -> np.ndarray:
-    try:
-        lm = np.asarray(lm5, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"landmarks must be numbers of shape (5, 2): {e}") from e
-    if lm.shape != (5, 2):
-        raise ValueError(f"landmarks must have shape (5, 2), got {lm.shape}")
-    return lm
 
 
 def _problem(image_rgb: np.ndarray, lm: np.ndarray) -> str | None:
@@ -286,7 +278,7 @@ def _chips(
     _check_image(image_rgb)
     if isinstance(lm5_list, np.ndarray) and lm5_list.ndim == 2:
         raise ValueError("lm5_list is a list of (5, 2) arrays; wrap a single face in a list")
-    faces = [None if lm is None else _as_landmarks(lm) for lm in lm5_list]
+    faces = [None if lm is None else as_landmarks(lm) for lm in lm5_list]
     problems = ["no landmarks" if lm is None else _problem(image_rgb, lm) for lm in faces]
     chips: list[np.ndarray | None] = [
         None if problem is not None or lm is None else _warp_chip(image_rgb, lm, size, padding)

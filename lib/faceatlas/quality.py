@@ -64,6 +64,8 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
+from faceatlas.landmarks import as_landmarks
+
 __all__ = [
     "CHECKS",
     "NOSE_DEPTH",
@@ -177,7 +179,7 @@ def measure(aligned_rgb: np.ndarray, lm5_in_photo: ArrayLike, confidence: float)
         )
     if aligned_rgb.ndim != 3 or aligned_rgb.shape[2] != 3:
         raise ValueError(f"aligned_rgb must be H x W x 3 RGB, got shape {aligned_rgb.shape}")
-    points = _landmarks(lm5_in_photo)
+    points = as_landmarks(lm5_in_photo)
     try:
         conf = float(confidence)
     except (TypeError, ValueError):
@@ -232,7 +234,7 @@ def head_pose(lm5: ArrayLike) -> tuple[float, float, float]:
     Non-finite landmarks or coincident eyes give three NaNs; a mouth not below the eye line
     (after undoing roll) gives NaN yaw and pitch. A wrong shape raises ValueError.
     """
-    points = _landmarks(lm5)
+    points = as_landmarks(lm5)
     nan = math.nan
     if not np.all(np.isfinite(points)):
         return nan, nan, nan
@@ -269,16 +271,6 @@ def _template_ratios() -> tuple[float, float]:
 
 
 _FRONTAL_NOSE_HEIGHT, _MOUTH_DROP = _template_ratios()  # about 0.495 and 1.155
-
-
-def _landmarks(lm5: ArrayLike) -> np.ndarray:
-    try:
-        points = np.asarray(lm5, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"lm5 must be numeric (5, 2) landmarks: {e}") from None
-    if points.shape != (5, 2):
-        raise ValueError(f"lm5 must have shape (5, 2), got {points.shape}")
-    return points
 
 
 def _central(image: np.ndarray) -> np.ndarray:

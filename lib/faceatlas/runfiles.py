@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from faceatlas import schemas
 from faceatlas.partwrite import filesystem
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,14 @@ def repair(spark, path: str, ddl: str, key: str | Sequence[str], rank_cols: Sequ
     removed = sum(rewrite_without(f, keys, ids) for f, ids in sorted(losers.items()))
     log.warning("%s: removed %d duplicate rows from %d files", path, removed, len(losers))
     return removed
+
+
+def counts_batch(counts: dict[str, int]) -> pa.RecordBatch:
+    """A task's counts as the one batch it hands back (key, n), keys sorted."""
+    keys = sorted(counts)
+    return pa.RecordBatch.from_pydict(
+        {"key": keys, "n": [int(counts[k]) for k in keys]}, schema=schemas.TASK_COUNTS
+    )
 
 
 def progress_thread(spark, stop: threading.Event, label: str, every: float = 15.0):

@@ -194,8 +194,8 @@ QUARANTINE_FACES = pa.schema(
     ]
 )
 
-# What each faces task hands back: photos by status, faces written, seconds per step.
-FACES_COUNTS = pa.schema(
+# What each faces or project task hands back: its counts by key (runfiles.counts_batch).
+TASK_COUNTS = pa.schema(
     [
         ("key", pa.string()),  # photos:<status>, quarantine:<reason>, faces, dropped:<why>,
         ("n", pa.int64()),  # seconds:<step> (n = microseconds)

@@ -56,6 +56,8 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
+from faceatlas.landmarks import as_landmarks
+
 __all__ = [
     "CATEGORIES",
     "REGION_NAMES",
@@ -186,7 +188,7 @@ def skin_regions(lm5: ArrayLike) -> list[np.ndarray]:
     landmarks (non-finite, coincident eyes, mouth not below the eye line, absurd coordinates)
     give an empty list. A wrong shape raises ValueError.
     """
-    points = _landmarks(lm5)
+    points = as_landmarks(lm5)
     if not np.all(np.isfinite(points)) or np.abs(points).max() > _MAX_COORD:
         return []
     left_eye, right_eye, _nose, left_mouth, right_mouth = points
@@ -262,16 +264,6 @@ def _skin_like(lab: np.ndarray) -> np.ndarray:
         & (hue >= _HUE_RANGE[0])
         & (hue <= _HUE_RANGE[1])
     )
-
-
-def _landmarks(lm5: ArrayLike) -> np.ndarray:
-    try:
-        points = np.asarray(lm5, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"lm5 must be numeric (5, 2) landmarks: {e}") from None
-    if points.shape != (5, 2):
-        raise ValueError(f"lm5 must have shape (5, 2), got {points.shape}")
-    return points
 
 
 def _region_pixels(image: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -126,10 +126,7 @@ def _task_fn(job: FacesJob, root: str, run_id: str):
         if done:
             log.warning("faces task %d done: %d photos in %.1f s, %d faces", part, done,
                         time.monotonic() - t0, counts["faces"])  # fmt: skip
-        keys = sorted(counts)
-        yield pa.RecordBatch.from_pydict(
-            {"key": keys, "n": [int(counts[k]) for k in keys]}, schema=schemas.FACES_COUNTS
-        )
+        yield runfiles.counts_batch(counts)
 
     return run
 
@@ -202,7 +199,7 @@ def run_faces(spark, root: str, job: FacesJob) -> dict:
         runfiles.progress_thread(spark, stop, "faces")
         try:
             result = rows.mapInArrow(_task_fn(job, root, run_id),
-                                     schemas.spark_ddl(schemas.FACES_COUNTS)).collect()  # fmt: skip
+                                     schemas.spark_ddl(schemas.TASK_COUNTS)).collect()  # fmt: skip
         finally:
             stop.set()
         for r in result:

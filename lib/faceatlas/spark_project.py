@@ -150,9 +150,7 @@ def _task_fn(job: ProjectJob, latents_path: str, run_id: str, generator_hash: st
             log.warning("project task %d: %d/%d faces in %.1f s on %s", part,
                         min(start + len(chunk), len(rows)), len(rows), time.monotonic() - t0,
                         device)  # fmt: skip
-        keys = sorted(counts)
-        yield pa.RecordBatch.from_pydict({"key": keys, "n": [int(counts[k]) for k in keys]},
-                                         schema=schemas.FACES_COUNTS)  # fmt: skip
+        yield runfiles.counts_batch(counts)
 
     return run
 
@@ -218,7 +216,7 @@ def run_project(spark, root: str, job: ProjectJob) -> dict:
         runfiles.progress_thread(spark, stop, "project")
         try:
             fn = _task_fn(job, latents_path, run_id, generator_hash, settings_hash, has_d)
-            result = parts.mapInArrow(fn, schemas.spark_ddl(schemas.FACES_COUNTS)).collect()
+            result = parts.mapInArrow(fn, schemas.spark_ddl(schemas.TASK_COUNTS)).collect()
         finally:
             stop.set()
         for r in result:
