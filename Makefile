@@ -7,15 +7,23 @@ STAMP := $(VENV)/.installed
 DEMO_ROOT ?= demo-data
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test test-quick bench bench-ingest bench-fetch bench-faces bench-project lint system venv clean
+.PHONY: site-assets demo test test-quick bench bench-ingest bench-fetch bench-faces bench-project lint system venv clean
 
-# System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark.
+# System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark,
+# Node.js and npm for the site's map library, Chromium for the browser tests.
 system:
-	@if ! command -v java >/dev/null 2>&1 || ! command -v bzip2 >/dev/null 2>&1; then \
-	  echo "installing system packages (Java runtime, bzip2)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless bzip2 >/dev/null; \
+	@if ! command -v java >/dev/null 2>&1 || ! command -v bzip2 >/dev/null 2>&1 || \
+	    ! command -v npm >/dev/null 2>&1 || ! test -x /usr/bin/chromium; then \
+	  echo "installing system packages (Java runtime, bzip2, nodejs, npm, chromium)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    openjdk-17-jre-headless bzip2 nodejs npm chromium >/dev/null; \
 	fi
 	@java -version 2>&1 | head -n 1
+
+# jsvectormap, pinned in lib/faceatlas/web/package-lock.json, copied into every site.
+site-assets: system
+	@test -f lib/faceatlas/web/node_modules/jsvectormap/package.json || \
+	  (cd lib/faceatlas/web && npm ci --no-audit --no-fund)
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,14 +33,11 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-venv: system $(STAMP)
+venv: system $(STAMP) site-assets
 
-# The bundled sample: synthetic YFCC100M metadata in both layouts, then the ingest stage.
+# The demo world (24 countries with known true faces) through the whole chain, scored.
 demo: venv
-	$(PY) -m faceatlas synth $(DEMO_ROOT)/input/yfcc_sample.bz2 --lines 20000 --layout mixed --seed 7
-	$(PY) -m faceatlas ingest $(DEMO_ROOT)/input/yfcc_sample.bz2 --data $(DEMO_ROOT)/root
-	$(PY) -m faceatlas demo-fetch --data $(DEMO_ROOT)/root --per-country 3
-	$(PY) -m faceatlas faces --data $(DEMO_ROOT)/root
+	$(PY) -m faceatlas demo --data $(DEMO_ROOT)/root --master "local[*]"
 	$(PY) -m faceatlas summary --data $(DEMO_ROOT)/root
 
 test: venv

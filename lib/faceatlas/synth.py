@@ -101,7 +101,7 @@ def _enc(s: str) -> str:
     return quote_plus(s, safe="")
 
 
-class _LineMaker:
+class LineMaker:
     def __init__(self, spec: SynthSpec) -> None:
         self.spec = spec
         self.rng = random.Random(spec.seed)
@@ -113,12 +113,16 @@ class _LineMaker:
         self.descriptions = [_enc(_text(rng, 0, 30)) for _ in range(4000)]
         self.tags = [_enc(_text(rng, 1, 2)) for _ in range(4000)]
 
-    def make(self, photo_id: int, kind: str, truth: Truth) -> str:
+    def make(self, photo_id: int, kind: str, truth: Truth,
+             place: tuple[float, float, str] | None = None, nsid: str | None = None,
+             title: str | None = None) -> str:  # fmt: skip
+        """One line of outcome `kind`; `place`, `nsid` and `title` (plain text) fix those
+        fields instead of drawing them (the demo world places its photos itself)."""
         rng = self.rng
         layout = self.spec.layout
         if layout == "mixed":
             layout = rng.choice(("23", "25"))
-        nsid = f"{rng.randint(10_000_000, 99_999_999)}@N{rng.randint(0, 8):02d}"
+        nsid = nsid or f"{rng.randint(10_000_000, 99_999_999)}@N{rng.randint(0, 8):02d}"
         uploaded = rng.randint(1_104_537_600, 1_417_392_000)  # 2005 .. 2014
         t = time.gmtime(uploaded - rng.randint(3600, 3 * 365 * 86400))
         taken = time.strftime("%Y-%m-%d %H:%M:%S.0", t)
@@ -137,14 +141,14 @@ class _LineMaker:
         geotagged = kind in ("kept", "holiday_tag", "bad_encoding", "bad_number", "bad_marker",
                              "bad_coordinates", "zero_coordinates", "video_geo")  # fmt: skip
         if geotagged:
-            plat, plon, cc = rng.choice(self.places)
+            plat, plon, cc = place or rng.choice(self.places)
             lat = f"{plat + rng.uniform(-0.001, 0.001):.6f}"
             lon = f"{plon + rng.uniform(-0.001, 0.001):.6f}"
             acc = str(rng.randint(1, 16))
         if kind == "zero_coordinates":
             lat, lon = "0", "0"
         marker = "1" if kind.startswith("video") else "0"
-        title = rng.choice(self.titles)
+        title = _enc(title) if title is not None else rng.choice(self.titles)
         desc = rng.choice(self.descriptions) if rng.random() < 0.6 else ""
         fields = [
             str(photo_id), nsid, _enc(f"user {nsid[:4]}"), taken, str(uploaded),
@@ -224,7 +228,7 @@ def plan(spec: SynthSpec) -> list[str]:
 
 def iter_lines(spec: SynthSpec, truth: Truth) -> Iterator[str]:
     """Lines (without newlines) one by one, filling in `truth` as they go."""
-    maker = _LineMaker(spec)
+    maker = LineMaker(spec)
     for i, kind in enumerate(plan(spec)):
         truth.counts[_outcome(kind)] += 1
         yield maker.make(spec.first_id + i, kind, truth)

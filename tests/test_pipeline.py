@@ -1,0 +1,46 @@
+"""A small end-to-end run: the demo world through every stage, then again (no new work)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faceatlas.cli import main
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+def test_demo_world_end_to_end_and_rerun(tmp_path, capsys):
+    root = tmp_path / "root"
+    args = ["demo", "--data", str(root), "--countries", "3", "--photos-per-country", "8",
+            "--steps", "30", "--min-count", "2", "--master", "local[2]"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "retrieval accuracy" in out and "site/index.html" in out
+
+    demo = json.loads((root / "_stats" / "demo.json").read_text())
+    assert demo["countries"] == 3 and 0 <= demo["retrieval_accuracy"] <= 1
+    manifest = json.loads((root / "render" / "manifest.json").read_text())
+    by_code = {g["code"]: g for g in manifest["groups"]}
+    assert by_code["WORLDAA"]["rendered"] and (root / "render" / "faces" / "WORLDAA.png").exists()
+    assert {"NLAA", "DEAA", "FRAA"} <= set(by_code)
+    world = by_code["WORLDAA"]
+    assert world["n_faces"] >= world["n_users"] >= 2
+    assert all("page_url" in s for s in world["sources"])  # attribution from the photos table
+    assert (root / "site" / "index.html").exists() and (root / "site" / "data.js").exists()
+    # The hostile title reaches the site's data only as an escaped string.
+    data = (root / "site" / "data.js").read_text()
+    assert "<img" not in data and "\\u003cimg src=x onerror=alert(1)\\u003e" in data
+
+    stats = {s: json.loads((root / "_stats" / f"{s}.json").read_text())
+             for s in ("ingest", "fetch", "faces", "project")}  # fmt: skip
+    assert stats["fetch"]["counts"]["decode_error"] == 3  # one broken photo per country
+    assert stats["faces"]["photos"]["no_face"] >= 3
+
+    assert main(args) == 0  # again: every stage resumes and finds nothing new
+    again = {s: json.loads((root / "_stats" / f"{s}.json").read_text())
+             for s in ("fetch", "faces", "project")}  # fmt: skip
+    assert again["fetch"]["fetched"] == 0
+    assert again["faces"]["processed"] == 0
+    assert again["project"]["projected"] == 0
