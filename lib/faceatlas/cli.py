@@ -371,7 +371,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         job = _pipeline_job(args, (f"127.0.0.1:{port}",),
                             f"http://127.0.0.1:{port}/{{photo_id}}.jpg")  # fmt: skip
         out = run_pipeline(spark, root, [str(world_dir / "metadata.txt")], job)
-    result = demo_world.score(Path(root) / "render", countries)
+    result = demo_world.score(Path(root) / "render", world_dir)
     result["seconds"] = out["seconds"]
     write_stats(HadoopFS(spark), root, "demo", result)
     print(f"demo: retrieval accuracy {result['retrieval_accuracy']:.2f} "

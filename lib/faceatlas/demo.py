@@ -58,10 +58,13 @@ def country_centre(country: str, z_dim: int = 100) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(z_dim).astype(np.float32)
 
 
-def photo_latent(photo_id: int, country: str, z_dim: int = 100) -> np.ndarray:
+def photo_latent(photo_id: int, country: str, z_dim: int = 100,
+                 centre: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """A face of `country`: its centre (country_centre unless given) plus spread noise."""
     seed = int.from_bytes(hashlib.sha256(f"photo:{photo_id}".encode()).digest()[:8], "big")
     noise = np.random.default_rng(seed).standard_normal(z_dim).astype(np.float32)
-    return country_centre(country, z_dim) + FACE_SPREAD * noise
+    base = country_centre(country, z_dim) if centre is None else centre
+    return base + FACE_SPREAD * noise
 
 
 def draw_photo(photo_id: int, country: str,

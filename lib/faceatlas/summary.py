@@ -55,6 +55,18 @@ def summarize(spark, root: str, top: int = 10) -> str:
             f"({fetch['images_per_second']:.1f} photos/s)"
         )
     out += _faces_lines(spark, root, read_stats(fs, root, "faces"))
+    project = read_stats(fs, root, "project")
+    if project:
+        out.append(f"project: {project['projected']:,} faces into {project['generator']} "
+                   f"({project['space']}), mean PSNR {project['mean_psnr']} dB")  # fmt: skip
+    agg, render = read_stats(fs, root, "aggregate"), read_stats(fs, root, "render")
+    if agg and render:
+        out.append(f"groups: {agg['groups']:,}, {agg['renderable']:,} renderable; "
+                   f"{render['rendered']:,} faces rendered into {render['output']}")  # fmt: skip
+    demo = read_stats(fs, root, "demo")
+    if demo:
+        out.append(f"demo score: retrieval accuracy {demo['retrieval_accuracy']:.2f} "
+                   f"({demo['correct']} of {demo['countries']})")  # fmt: skip
     return "\n".join(out)
 
 
