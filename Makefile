@@ -10,13 +10,21 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 .PHONY: site-assets demo test test-quick bench bench-ingest bench-fetch bench-faces bench-project lint system venv clean
 
 # System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark,
-# Node.js and npm for the site's map library, Chromium for the browser tests.
+# Node.js and npm for the site's map library, Chromium for the browser tests. Only what is
+# missing is installed: a NodeSource nodejs ships npm itself and conflicts with Debian's.
 system:
-	@if ! command -v java >/dev/null 2>&1 || ! command -v bzip2 >/dev/null 2>&1 || \
-	    ! command -v npm >/dev/null 2>&1 || ! test -x /usr/bin/chromium; then \
-	  echo "installing system packages (Java runtime, bzip2, nodejs, npm, chromium)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless bzip2 nodejs npm chromium >/dev/null; \
+	@missing=""; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v bzip2 >/dev/null 2>&1 || missing="$$missing bzip2"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
 	fi
 	@java -version 2>&1 | head -n 1
 
