@@ -7,6 +7,7 @@ import json
 import pytest
 
 from faceatlas.cli import main
+from faceatlas.status import status
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -44,3 +45,16 @@ def test_demo_world_end_to_end_and_rerun(tmp_path, capsys):
     assert again["fetch"]["fetched"] == 0
     assert again["faces"]["processed"] == 0
     assert again["project"]["projected"] == 0
+
+    states = {s.stage: s for s in status(root)}
+    assert all(s.stale is None for s in states.values()), states
+    assert states["faces"].pending == 0 and states["render"].rows >= 1
+    # Take away what the faces stage recorded for one country, and the site: both are stale.
+    ledger = next((root / "face_photos").rglob("*.parquet"))
+    ledger.unlink()
+    (root / "site" / "index.html").unlink()
+    states = {s.stage: s for s in status(root)}
+    assert states["faces"].pending > 0 and "not processed" in states["faces"].stale
+    assert states["site"].stale == "not run yet"
+    assert main(["status", "--data", str(root)]) == 0
+    assert "would recompute: faces, site" in capsys.readouterr().out

@@ -314,6 +314,16 @@ def cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from faceatlas.status import format_status, status
+
+    if not Path(args.data).is_dir():
+        print(f"faceatlas status: no data root at {args.data}", file=sys.stderr)
+        return 2
+    print(format_status(status(args.data)))
+    return 0
+
+
 def _pipeline_job(args: argparse.Namespace, allow_hosts: tuple[str, ...] = (),
                   url_template: str | None = None):  # fmt: skip
     from faceatlas.aggregate import AggregateOptions
@@ -832,6 +842,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="ROOT")
     p.add_argument("--out", help="default ROOT/site")
     p.set_defaults(func=cmd_site)
+
+    p = sub.add_parser(
+        "status", help="every table's rows, last run and settings, and what is stale"
+    )
+    p.add_argument("--data", required=True, metavar="ROOT", help="a local data root")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "run",
