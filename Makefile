@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_ROOT ?= demo-data
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: site-assets demo test test-quick bench bench-ingest bench-fetch bench-faces bench-project lint system venv clean
+.PHONY: dist pack-env site-assets demo test test-quick bench bench-ingest bench-fetch bench-faces bench-project lint system venv clean
 
 # System packages: a Java runtime for Spark, bzip2 for the sample and the benchmark,
 # Node.js and npm for the site's map library, Chromium for the browser tests. Only what is
@@ -73,9 +73,17 @@ bench-faces: venv
 bench-project: venv
 	$(PY) bench/bench_project.py $(BENCH_ARGS)
 
+# The faceatlas wheel (pure Python) for infra/faceatlas-submit --wheel.
+dist:
+	$(PYTHON) -m pip wheel -q --no-deps -w dist .
+
+# A packed environment for Spark executors (infra/faceatlas-submit --env); downloads about 1 GB.
+pack-env: site-assets
+	PYTHON=$(PYTHON) infra/pack-env.sh
+
 lint: venv
 	$(VENV)/bin/ruff check lib jobs tests bench
 	$(VENV)/bin/ruff format --check lib jobs tests bench
 
 clean:
-	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache build *.egg-info lib/*.egg-info
+	rm -rf $(VENV) $(DEMO_ROOT) dist .pytest_cache build *.egg-info lib/*.egg-info
