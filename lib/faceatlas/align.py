@@ -46,6 +46,7 @@ the photo entirely.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import re
@@ -310,11 +311,14 @@ def load_template(name: str) -> Template:
     """The template stored as TEMPLATE_DIR/<name>.json."""
     if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
         raise ValueError(f"bad template name {name!r}")
-    path = TEMPLATE_DIR / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.json"))
+    # Through importlib.resources, so the templates are found when the package is imported
+    # from a zip (spark-submit --py-files) as well as from a folder.
+    folder = importlib.resources.files("faceatlas") / "templates"
+    entry = folder / f"{name}.json"
+    if not entry.is_file():
+        known = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".json"))
         raise ValueError(f"unknown template {name!r}; known: {', '.join(known) or 'none'}")
-    return Template.from_json(json.loads(path.read_text(encoding="utf-8")))
+    return Template.from_json(json.loads(entry.read_text(encoding="utf-8")))
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
