@@ -100,13 +100,20 @@ def draw_photo(photo_id: int, country: str,
     return img
 
 
+@functools.cache
+def _bundled_generator():
+    """Loaded once per process: choosing the demo world's true faces renders one latent at
+    a time, and reading the weights for each cost more than the rendering."""
+    from faceatlas.gan.dcgan import load_bundled
+
+    return load_bundled()
+
+
 def _faces_for(latents: list[np.ndarray]) -> np.ndarray:
     """The bundled generator's images of these latents, uint8 RGB."""
     import torch
 
-    from faceatlas.gan.dcgan import load_bundled
-
-    net = load_bundled()
+    net = _bundled_generator()
     out = []
     with torch.no_grad():
         for start in range(0, len(latents), 64):
