@@ -67,10 +67,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.split_mb:
         spark.conf.set("spark.sql.files.maxPartitionBytes", f"{args.split_mb}m")
     try:
-        stats = run_ingest(spark, args.inputs, args.data, opts, reader=args.reader)
+        stats = run_ingest(spark, args.inputs, args.data, opts, reader=args.reader,
+                           incremental=args.incremental)  # fmt: skip
     except IngestError as e:
         print(f"faceatlas ingest: {e}", file=sys.stderr)
         return 2
+    if stats["nothing_new"]:
+        print(f"ingest: nothing new: all {stats['files_already']} input files were ingested "
+              "before")  # fmt: skip
     keys = ("lines_read", "photos_kept", "videos", "filtered", "quarantined", "seconds")
     print(json.dumps({k: stats[k] for k in keys}, indent=2))
     return 0
@@ -341,6 +345,7 @@ def _pipeline_job(args: argparse.Namespace, allow_hosts: tuple[str, ...] = (),
         project=ProjectOptions(steps=args.steps, batch=args.batch),
         aggregate=AggregateOptions(min_count=args.min_count),
         truncation=args.truncation,
+        incremental=getattr(args, "incremental", False),
     )
 
 
@@ -506,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         "default: travel, vacation, holiday, trip, tourist and their forms",
     )
     p.add_argument("--no-deny-tags", action="store_true", help="keep holiday photos")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="ingest only the input files not ingested before (ROOT/_state/ingest_files.json "
+        "records them) and append their rows; for scheduled runs over a growing folder",
+    )
     p.add_argument(
         "--max-place-km",
         type=float,
@@ -857,6 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="ROOT")
     p.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]")
     p.add_argument("--url-template", help="as for `faceatlas fetch`")
+    p.add_argument("--incremental", action="store_true",
+                   help="ingest only new input files (as for `faceatlas ingest`)")  # fmt: skip
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_run)
 

@@ -31,6 +31,7 @@ class PipelineJob:
     project: ProjectOptions = field(default_factory=ProjectOptions)
     aggregate: object = None  # aggregate.AggregateOptions; None: its defaults
     truncation: float = 1.0
+    incremental: bool = False  # ingest only input files not ingested before
 
 
 def run_pipeline(spark, root: str, inputs: list[str], job: PipelineJob) -> dict:
@@ -53,7 +54,8 @@ def run_pipeline(spark, root: str, inputs: list[str], job: PipelineJob) -> dict:
         log.warning("run: %s done in %.1f s", name, time.time() - t)
 
     if inputs:
-        step("ingest", lambda: run_ingest(spark, inputs, root, job.ingest))
+        step("ingest", lambda: run_ingest(spark, inputs, root, job.ingest,
+                                          incremental=job.incremental))  # fmt: skip
     step("fetch", lambda: run_fetch(spark, root, FetchJob(
         fetch=job.fetch, image=job.image, per_country=job.per_country,
         url_template=job.url_template)))  # fmt: skip

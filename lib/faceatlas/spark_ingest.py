@@ -15,6 +15,7 @@ import glob
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from faceatlas import __version__, schemas
+from faceatlas import __version__, ingest_record, schemas
 from faceatlas.ingest import IngestOptions, accounting
+from faceatlas.ingest_record import InputFile
 from faceatlas.partwrite import write_empty
 from faceatlas.splitread import Split, local_path, plan_splits
 from faceatlas.storage import HadoopFS, normalize_root, parse_size, table_path, write_stats
@@ -41,6 +43,7 @@ class _Staging:
 
     photos: str
     quarantine: str
+    tag: str = ""  # starts every file name: an incremental run's batch id, so it can be undone
 
 
 class _TableSink:
@@ -119,7 +122,7 @@ def _lines_fn(opts: IngestOptions, staging: _Staging):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        key = f"t{TaskContext.get().partitionId():05d}"
+        key = f"{staging.tag}t{TaskContext.get().partitionId():05d}"
         yield from _run_task(((b.column(0), b.column(1)) for b in batches), opts, staging, key)
 
     return run
@@ -136,7 +139,8 @@ def _splits_fn(opts: IngestOptions, staging: _Staging, batch_lines: int):
                 split = Split(row["path"], row["start"], row["end"], row["size"])
                 source = "file://" + split.path
                 lines = ((arr, source) for arr in iter_line_batches(split, batch_lines))
-                yield from _run_task(lines, opts, staging, f"s{row['split_id']:05d}")
+                key = f"{staging.tag}s{row['split_id']:05d}"
+                yield from _run_task(lines, opts, staging, key)
 
     return run
 
@@ -214,14 +218,50 @@ def read_and_parse(
     return out
 
 
+RECORD = ("_state", "ingest_files.json")
+
+
+def list_inputs(fs: HadoopFS, inputs: Sequence[str], reader: str = "auto") -> list[InputFile]:
+    """Every input file with its size and time: local files as the tasks will read them,
+    other URIs (and everything with reader "spark") through the Hadoop filesystem."""
+    local, remote = ([], list(inputs)) if reader == "spark" else resolve_inputs(inputs)
+    files = [InputFile(path, size, os.path.getmtime(path)) for path, size in local]
+    for uri in remote:
+        found = fs.list_files(uri)
+        if not found:
+            raise IngestError(f"input not found: {uri}")
+        files += [InputFile(path, size, mtime) for path, size, mtime in found]
+    return files
+
+
+def _undo_pending(fs: HadoopFS, record: dict, tables: Sequence[str]) -> dict:
+    """Delete the files an interrupted incremental run had begun to move into the tables."""
+    batch = ingest_record.pending_batch(record)
+    if batch is None:
+        return record
+    gone = 0
+    for table in tables:
+        for path, _, _ in fs.list_files(table) if fs.exists(table) else []:
+            if path.rsplit("/", 1)[-1].startswith(f"part-b{batch}-"):
+                fs.delete(path)
+                gone += 1
+    log.warning("ingest: batch %s was cut off while moving into the tables: %d of its files "
+                "deleted; its inputs are ingested again", batch, gone)  # fmt: skip
+    return {**record, "pending": None}
+
+
 def run_ingest(
     spark,
     inputs: Sequence[str],
     root: str,
     opts: IngestOptions,
     reader: str = "auto",
+    incremental: bool = False,
 ) -> dict:
-    """Ingest metadata files into ROOT/photos and ROOT/quarantine/ingest; return the stats."""
+    """Ingest metadata files into ROOT/photos and ROOT/quarantine/ingest; return the stats.
+
+    A full run replaces both tables with the rows of `inputs`. An incremental run ingests
+    only the input files the record (ingest_record.py) does not hold, and appends."""
     if not inputs:
         raise IngestError("no input files given")
     root = normalize_root(root)
@@ -229,26 +269,46 @@ def run_ingest(
     fs = HadoopFS(spark)
     photos_path = table_path(root, "photos")
     q_path = table_path(root, "quarantine", "ingest")
+    record_path = table_path(root, *RECORD)
     for path in (photos_path, q_path):
         fs.clean_temp_siblings(path)
-    staging = _Staging(fs.temp_sibling(photos_path), fs.temp_sibling(q_path))
+    listing = list_inputs(fs, inputs, reader)
+    settings_hash = opts.settings_hash()
     try:
-        rows = read_and_parse(spark, inputs, opts, staging, reader).collect()
-        counts = Counter()
-        for r in rows:
-            counts[(r["kind"], r["reason"])] += int(r["n"])
-        acct = accounting(counts)
-        for path, schema in ((staging.photos, schemas.PHOTOS),
-                             (staging.quarantine, schemas.QUARANTINE_INGEST)):  # fmt: skip
-            if not fs.exists(path):  # nothing kept, or nothing quarantined: an empty table
-                write_empty(path, schema)
-            fs.write_text(table_path(path, "_SUCCESS"), "")
-        fs.replace(staging.photos, photos_path)
-        fs.replace(staging.quarantine, q_path)
-    except BaseException:
-        fs.delete(staging.photos)
-        fs.delete(staging.quarantine)
-        raise
+        record = ingest_record.parse(fs.read_text_atomic(record_path))
+    except ingest_record.RecordError as e:
+        if incremental:
+            raise IngestError(str(e)) from None
+        record = ingest_record.empty_record()  # a full run writes a new one
+    append = incremental and bool(record["files"]) and fs.exists(photos_path)
+    if incremental and not append:
+        log.warning("ingest: no record of files already ingested into %s: a full ingest of "
+                    "the inputs, recorded for the next incremental run", root)  # fmt: skip
+    planned = None
+    if append:
+        record = _undo_pending(fs, record, (photos_path, q_path))
+        try:
+            planned = ingest_record.plan(listing, record, settings_hash)
+        except ingest_record.RecordError as e:
+            raise IngestError(str(e)) from None
+        for f in planned.changed:
+            log.warning("ingest: %s changed after it was ingested (size or time): not "
+                        "ingested again; a full ingest rebuilds the tables", f.path)  # fmt: skip
+    files = planned.new if planned else listing
+    batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + uuid.uuid4().hex[:6]
+
+    if planned is not None and not files:
+        acct = accounting(Counter())
+        log.warning("ingest: nothing new: all %d input files were ingested before (%d changed "
+                    "since, left alone)", len(planned.done), len(planned.changed))  # fmt: skip
+    else:
+        acct = _ingest_files(spark, fs, inputs if planned is None else [f.path for f in files],
+                             opts, reader, photos_path, q_path, record_path, record, batch,
+                             files if planned is not None else None)  # fmt: skip
+        summary = {k: acct[k] for k in ("lines_read", "photos_kept", "quarantined_total")}
+        record = ingest_record.committed(record, batch, files, settings_hash, summary,
+                                         replace=planned is None)  # fmt: skip
+        fs.write_text_atomic(record_path, ingest_record.dumps(record))
 
     seconds = time.time() - t0
     stats = {
@@ -258,17 +318,73 @@ def run_ingest(
         "seconds": round(seconds, 3),
         "lines_per_second": round(acct["lines_read"] / max(seconds, 1e-9), 1),
         "inputs": list(inputs),
+        "incremental": planned is not None,
+        "batch": batch if files else None,
+        "files_ingested": len(files),
+        "files_already": len(planned.done) if planned else 0,
+        "files_changed": [f.path for f in planned.changed] if planned else [],
+        "nothing_new": planned is not None and not files,
         "settings": opts.settings(),
-        "settings_hash": opts.settings_hash(),
+        "settings_hash": settings_hash,
         "reader": reader,
         "spark_master": spark.sparkContext.master,
         "outputs": {"photos": photos_path, "quarantine": q_path},
         **acct,
     }
     write_stats(fs, root, "ingest", stats)
-    log.warning(
-        "ingest: %d lines, %d photos kept, %d filtered, %d quarantined, %d videos, %.1f s",
-        acct["lines_read"], acct["photos_kept"], acct["filtered_total"],
-        acct["quarantined_total"], acct["videos"], seconds,
-    )  # fmt: skip
+    if files:
+        log.warning(
+            "ingest: %d files, %d lines, %d photos kept, %d filtered, %d quarantined, "
+            "%d videos, %.1f s", len(files), acct["lines_read"], acct["photos_kept"],
+            acct["filtered_total"], acct["quarantined_total"], acct["videos"], seconds,
+        )  # fmt: skip
     return stats
+
+
+def _ingest_files(
+    spark,
+    fs: HadoopFS,
+    inputs: Sequence[str],
+    opts: IngestOptions,
+    reader: str,
+    photos_path: str,
+    q_path: str,
+    record_path: str,
+    record: dict,
+    batch: str,
+    appended: list[InputFile] | None,
+) -> dict:
+    """Parse `inputs` into staging tables, then move them into place: as whole new tables
+    (appended None), or file by file into the existing ones. Returns the accounting."""
+    tag = f"b{batch}-" if appended is not None else ""
+    staging = _Staging(fs.temp_sibling(photos_path), fs.temp_sibling(q_path), tag)
+    try:
+        rows = read_and_parse(spark, inputs, opts, staging, reader).collect()
+        counts = Counter()
+        for r in rows:
+            counts[(r["kind"], r["reason"])] += int(r["n"])
+        acct = accounting(counts)
+        if appended is not None:
+            # Marked pending first: a run cut off while moving is undone by the next one.
+            pending = ingest_record.with_pending(record, batch, appended)
+            fs.write_text_atomic(record_path, ingest_record.dumps(pending))
+            for path, final in ((staging.photos, photos_path), (staging.quarantine, q_path)):
+                if fs.exists(path):
+                    fs.move_files(path, final)
+                fs.delete(path)
+            return acct
+        for path, schema in ((staging.photos, schemas.PHOTOS),
+                             (staging.quarantine, schemas.QUARANTINE_INGEST)):  # fmt: skip
+            if not fs.exists(path):  # nothing kept, or nothing quarantined: an empty table
+                write_empty(path, schema)
+            fs.write_text(table_path(path, "_SUCCESS"), "")
+        # The old record goes before the old tables do: a run cut off in between leaves no
+        # record, and the next incremental run starts over with a full ingest.
+        fs.write_text_atomic(record_path, ingest_record.dumps(ingest_record.empty_record()))
+        fs.replace(staging.photos, photos_path)
+        fs.replace(staging.quarantine, q_path)
+        return acct
+    except BaseException:
+        fs.delete(staging.photos)
+        fs.delete(staging.quarantine)
+        raise

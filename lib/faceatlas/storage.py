@@ -85,6 +85,68 @@ class HadoopFS:
         finally:
             stream.close()
 
+    def list_files(self, pattern: str) -> list[tuple[str, int, float]]:
+        """(path, size, mtime seconds) of every file a path, folder or glob names, folders
+        walked; names starting with "." or "_" (markers, hidden files) left out."""
+        fs, p = self._fs(pattern)
+        out: list[tuple[str, int, float]] = []
+        for status in fs.globStatus(p) or []:
+            if status.isFile():
+                found = [status]
+            else:
+                found, it = [], fs.listFiles(status.getPath(), True)
+                while it.hasNext():
+                    found.append(it.next())
+            for st in found:
+                path = st.getPath()
+                hidden = any(part.startswith((".", "_"))
+                             for part in path.toUri().getPath().split("/")[-1:])  # fmt: skip
+                if not hidden:
+                    out.append((path.toString(), int(st.getLen()),
+                                st.getModificationTime() / 1000.0))  # fmt: skip
+        return sorted(out)
+
+    def move_files(self, src_dir: str, dst_dir: str) -> int:
+        """Move every file under src_dir to the same relative place under dst_dir (a table's
+        new part files into the table); returns how many moved."""
+        fs, p = self._fs(src_dir)
+        prefix = fs.makeQualified(p).toString().rstrip("/") + "/"
+        moved = 0
+        for path, _, _ in self.list_files(src_dir):
+            rel = path[len(prefix) :] if path.startswith(prefix) else None
+            if rel is None:
+                raise OSError(f"{path} is not under {prefix}")
+            self.rename(path, f"{dst_dir.rstrip('/')}/{rel}")
+            moved += 1
+        return moved
+
+    def write_text_atomic(self, path: str, text: str) -> None:
+        """Write a small file so that a reader sees the old text or the new, never half:
+        the new text goes to a sibling first and is renamed into place."""
+        tmp = f"{path}{_TMP}{uuid.uuid4().hex[:8]}"
+        self.write_text(tmp, text)
+        old = None
+        if self.exists(path):
+            old = f"{path}{_OLD}{uuid.uuid4().hex[:8]}"
+            self.rename(path, old)
+        self.rename(tmp, path)
+        if old:
+            self.delete(old)
+
+    def read_text_atomic(self, path: str) -> str | None:
+        """What write_text_atomic last finished writing, or None. A write cut off between its
+        two renames leaves only the older text beside the path: that one is read."""
+        if self.exists(path):
+            return self.read_text(path)
+        fs, p = self._fs(path)
+        parent = p.getParent()
+        olds = sorted(
+            (st.getModificationTime(), st.getPath().toString())
+            for st in (fs.listStatus(parent) if fs.exists(parent) else [])
+            if st.getPath().getName().startswith(p.getName() + _OLD)
+        )
+        return self.read_text(olds[-1][1]) if olds else None
+
     def clean_temp_siblings(self, path: str) -> None:
         """Remove what an interrupted run left beside `path` (see temp_sibling, replace)."""
         fs, p = self._fs(path)
