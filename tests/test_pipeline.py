@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from conftest import SMALL_WORLD
 
 from faceatlas.cli import main
 from faceatlas.status import status
@@ -12,12 +14,12 @@ from faceatlas.status import status
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-def test_demo_world_end_to_end_and_rerun(tmp_path, capsys):
-    root = tmp_path / "root"
-    args = ["demo", "--data", str(root), "--countries", "3", "--photos-per-country", "8",
-            "--steps", "30", "--min-count", "2", "--master", "local[2]"]  # fmt: skip
-    assert main(args) == 0
-    out = capsys.readouterr().out
+def test_demo_world_end_to_end_and_rerun(small_world, tmp_path, capsys):
+    first, out = small_world
+    root = tmp_path / "root"  # a copy: this test re-runs and takes files away
+    shutil.copytree(first, root)
+    shutil.copytree(f"{first}-world", f"{root}-world")
+    args = ["demo", "--data", str(root), *SMALL_WORLD, "--master", "local[2]"]
     assert "retrieval accuracy" in out and "site/index.html" in out
 
     demo = json.loads((root / "_stats" / "demo.json").read_text())
