@@ -287,7 +287,12 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     except AggregateError as e:
         print(f"faceatlas aggregate: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: stats[k] for k in ("groups", "renderable", "accounting")}, indent=2))
+    if stats["nothing_new"]:
+        print(f"aggregate: nothing new since run {stats['run_id']}: {stats['groups']} groups kept")
+        return 0
+    keys = ("groups", "groups_changed", "groups_unchanged", "groups_removed", "renderable",
+            "accounting")  # fmt: skip
+    print(json.dumps({k: stats.get(k) for k in keys}, indent=2))
     return 0
 
 
@@ -300,7 +305,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     except AggregateError as e:
         print(f"faceatlas render: {e}", file=sys.stderr)
         return 2
-    print(f"{stats['rendered']} of {stats['groups']} groups rendered into {stats['output']}")
+    if stats["nothing_new"]:
+        faces = stats.get("renderable", 0)
+        print(f"render: nothing new: the {faces} faces in {stats['output']} stand")
+        return 0
+    print(f"{stats['rendered']} faces rendered, {stats['kept']} kept (their groups did not "
+          f"change), of {stats['groups']} groups, into {stats['output']}")  # fmt: skip
     return 0
 
 
@@ -363,7 +373,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # every stage's own error class is a RuntimeError
         print(f"faceatlas run: {e}", file=sys.stderr)
         return 2
-    print(f"done in {out['seconds']} s; the site: {out['site']}")
+    from faceatlas.pipeline import describe_work
+
+    print(f"{describe_work(out['work'])}; done in {out['seconds']} s; the site: {out['site']}")
     print(f"open it: python -m http.server --directory {Path(out['site']).parent} 8000, then "
           "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
     return 0

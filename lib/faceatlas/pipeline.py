@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from faceatlas.faces import FaceOptions
 from faceatlas.fetch import ImageOptions
@@ -64,6 +65,35 @@ def run_pipeline(spark, root: str, inputs: list[str], job: PipelineJob) -> dict:
         generator=job.generator, options=job.project)))  # fmt: skip
     step("aggregate", lambda: run_aggregate(spark, root, job.aggregate or AggregateOptions()))
     step("render", lambda: run_render(spark, root, job.generator, job.truncation))
-    step("site", lambda: str(build_site(root)))
+    out["work"] = work_done(out)
+    site = Path(root.removeprefix("file:")) / "site" / "index.html"
+    if any(out["work"].values()) or not site.exists():
+        step("site", lambda: str(build_site(root)))
+    else:
+        out["site"] = str(site)
+    out["nothing_new"] = not any(out["work"].values())
     out["seconds"] = round(time.time() - t0, 1)
+    log.warning("run: %s in %.1f s", describe_work(out["work"]), out["seconds"])
     return out
+
+
+def work_done(out: dict) -> dict[str, int]:
+    """What each stage of a run did, from its stats: files, photos, faces or groups."""
+    count = {
+        "ingest": lambda s: s.get("files_ingested", 0 if s.get("nothing_new") else 1),
+        "fetch": lambda s: s.get("fetched", 0),
+        "faces": lambda s: s.get("processed", 0),
+        "project": lambda s: s.get("projected", 0),
+        "aggregate": lambda s: 0 if s.get("nothing_new") else s.get("groups_changed", 1),
+        "render": lambda s: s.get("rendered", 0),
+    }
+    return {stage: int(fn(out[stage])) for stage, fn in count.items() if stage in out}
+
+
+def describe_work(work: dict[str, int]) -> str:
+    if not any(work.values()):
+        return "nothing new: every stage found its work already done"
+    units = {"ingest": "files", "fetch": "photos fetched", "faces": "photos searched",
+             "project": "faces projected", "aggregate": "groups changed",
+             "render": "faces rendered"}  # fmt: skip
+    return "new work: " + ", ".join(f"{stage} {n} {units[stage]}" for stage, n in work.items())

@@ -62,7 +62,8 @@ def summarize(spark, root: str, top: int = 10) -> str:
     agg, render = read_stats(fs, root, "aggregate"), read_stats(fs, root, "render")
     if agg and render:
         out.append(f"groups: {agg['groups']:,}, {agg['renderable']:,} renderable; "
-                   f"{render['rendered']:,} faces rendered into {render['output']}")  # fmt: skip
+                   f"{render.get('renderable', render['rendered']):,} faces in "
+                   f"{render['output']}")  # fmt: skip
     demo = read_stats(fs, root, "demo")
     if demo:
         out.append(f"demo score: retrieval accuracy {demo['retrieval_accuracy']:.2f} "
