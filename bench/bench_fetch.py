@@ -13,7 +13,8 @@ The images (about 500x375 JPEGs) are served from 127.0.0.1 by nginx (Debian's ng
 one worker process so the clients get most of the CPU), or, without nginx, by a Python
 server with Nagle disabled. All traffic stays on 127.0.0.1.
 
-    python bench/bench_fetch.py [--images 5000] [--runs 1] [--cores 2] [--skip-img2dataset]
+    python bench/bench_fetch.py [--images 5000] [--distinct N] [--runs 1] [--cores 2]
+                                [--skip-img2dataset]
 """
 
 from __future__ import annotations
@@ -63,14 +64,21 @@ def _draw(args: tuple[int, str]) -> int:
     return os.path.getsize(path)
 
 
-def make_images(n: int) -> Path:
+def make_images(n: int, distinct: int | None = None) -> Path:
+    """n URLs' files; with `distinct`, image i >= distinct is a hard link to i % distinct, so
+    a run of 100k photos does not first draw (and store) 100k JPEGs."""
     folder = WORK / "www" / "img"
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [(i, str(folder / f"{i}.jpg")) for i in range(n) if not (folder / f"{i}.jpg").exists()]
+    drawn = min(n, distinct or n)
+    todo = [(i, str(folder / f"{i}.jpg")) for i in range(drawn)
+            if not (folder / f"{i}.jpg").exists()]  # fmt: skip
     if todo:
         print(f"drawing {len(todo):,} JPEGs of 500x375 into {folder} (cached for later runs)")
         with ProcessPoolExecutor() as pool:
             list(pool.map(_draw, todo, chunksize=64))
+    for i in range(drawn, n):
+        if not (folder / f"{i}.jpg").exists():
+            os.link(folder / f"{i % drawn}.jpg", folder / f"{i}.jpg")
     sizes = [os.path.getsize(folder / f"{i}.jpg") for i in range(n)]
     print(f"{n:,} images, mean {sum(sizes) / n / 1024:.0f} KiB")
     return folder
@@ -273,6 +281,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--resize", type=int, default=256)
+    ap.add_argument(
+        "--distinct", type=int, help="draw only N JPEGs; the other URLs serve copies of them"
+    )
     ap.add_argument("--skip-img2dataset", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--img2dataset-distributor", choices=("multiprocessing", "pyspark"),
@@ -284,7 +295,7 @@ def main() -> int:
         return 0
 
     n, cores = args.images, args.cores
-    folder = make_images(n)
+    folder = make_images(n, args.distinct)
     python = None if args.skip_img2dataset else ensure_img2dataset()
     root = WORK / "root"
     rows: list[tuple[str, dict, float, float]] = []
