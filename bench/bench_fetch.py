@@ -286,6 +286,7 @@ def main() -> int:
     )
     ap.add_argument("--skip-img2dataset", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--skip-validate", action="store_true", help="only the resize run of ours")
     ap.add_argument("--img2dataset-distributor", choices=("multiprocessing", "pyspark"),
                     default="multiprocessing")  # fmt: skip
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -305,11 +306,12 @@ def main() -> int:
         write_photos(root, server, n)
         for run in range(args.runs):
             plan = []
+            if not args.skip_ours and not args.skip_validate:
+                plan.append(("faceatlas fetch, validate only",
+                             lambda: run_ours(root, server, cores, None)))  # fmt: skip
             if not args.skip_ours:
-                plan += [("faceatlas fetch, validate only", lambda: run_ours(root, server, cores,
-                                                                              None)),
-                         (f"faceatlas fetch, resize {args.resize}",
-                          lambda: run_ours(root, server, cores, args.resize))]  # fmt: skip
+                plan.append((f"faceatlas fetch, resize {args.resize}",
+                             lambda: run_ours(root, server, cores, args.resize)))  # fmt: skip
             if python is not None:
                 plan.append((f"img2dataset {I2D_VERSION} ({args.img2dataset_distributor}), "
                              f"resize {args.resize}",

@@ -97,7 +97,8 @@ def _faces_executor_port(ui: str) -> int | None:
         app = get_json(f"{ui}/api/v1/applications")[0]["id"]
         stages = get_json(f"{ui}/api/v1/applications/{app}/stages?status=active")
         faces = [s for s in stages if "spark_faces" in s["name"] and s["numTasks"] >= 5]
-        if not faces or faces[0]["numCompleteTasks"] < 1:
+        # One task done, and enough left that the victim is never idle when it dies.
+        if not faces or not 1 <= faces[0]["numCompleteTasks"] <= faces[0]["numTasks"] - 3:
             return None
         for e in get_json(f"{ui}/api/v1/applications/{app}/executors"):
             if e["id"] != "driver" and e["activeTasks"] > 0:
