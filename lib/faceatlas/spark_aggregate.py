@@ -161,7 +161,7 @@ def run_aggregate(spark, root: str, opts, generator_hash: str | None = None,
     (space,), (shape,) = spaces, shapes
     previous = _previous_groups(final)
     out = {f.name: [] for f in GROUPS}
-    changed = 0
+    changed, keys = 0, set()
     for g in groups.itertuples(index=False):
         row = g._asdict()
         row.update(latent=np.asarray(row["latent"], np.float32).tolist(),
@@ -170,7 +170,9 @@ def run_aggregate(spark, root: str, opts, generator_hash: str | None = None,
                    projection_settings_hash=settings_hash, settings_hash=agg_hash)  # fmt: skip
         row = {f.name: row.get(f.name) for f in GROUPS}
         row["input_hash"] = _group_hash(row)
-        before = previous.get((row["level"], row["region"], row["gender"], row["age_group"]))
+        key = (row["level"], row["region"], row["gender"], row["age_group"])
+        keys.add(key)
+        before = previous.get(key)
         if before and before.get("input_hash") == row["input_hash"]:
             row["run_id"] = before["run_id"]
         else:
@@ -179,9 +181,7 @@ def run_aggregate(spark, root: str, opts, generator_hash: str | None = None,
         for f in GROUPS:
             out[f.name].append(row[f.name])
     table = pa.table(out, schema=GROUPS)
-    kept = {(r["level"], r["region"], r["gender"], r["age_group"]) for r in table.select(
-        ["level", "region", "gender", "age_group"]).to_pylist()}  # fmt: skip
-    removed = len(set(previous) - kept)
+    removed = len(set(previous) - keys)
     tmp = final.with_name(f"groups.__tmp_{run_id}")
     tmp.mkdir(parents=True)
     pq.write_table(table, tmp / "part-00000.parquet")
