@@ -323,9 +323,13 @@ def cmd_site(args: argparse.Namespace) -> int:
         print(f"faceatlas site: {e}", file=sys.stderr)
         return 2
     print(f"the site: {index}")
-    print(f"open it: python -m http.server --directory {index.parent} 8000, then "
-          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
+    _print_open_hint(index)
     return 0
+
+
+def _print_open_hint(index: str | Path) -> None:
+    print(f"open it: python -m http.server --directory {Path(index).parent} 8000, then "
+          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -360,7 +364,7 @@ def _pipeline_job(args: argparse.Namespace, allow_hosts: tuple[str, ...] = (),
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from faceatlas.pipeline import run_pipeline
+    from faceatlas.pipeline import describe_work, run_pipeline
 
     try:
         job = _pipeline_job(args)
@@ -373,11 +377,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # every stage's own error class is a RuntimeError
         print(f"faceatlas run: {e}", file=sys.stderr)
         return 2
-    from faceatlas.pipeline import describe_work
-
     print(f"{describe_work(out['work'])}; done in {out['seconds']} s; the site: {out['site']}")
-    print(f"open it: python -m http.server --directory {Path(out['site']).parent} 8000, then "
-          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
+    _print_open_hint(out["site"])
     return 0
 
 
@@ -406,8 +407,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"true face); mean distance to the own true face {result['mean_distance_own']}, to "
           f"random faces {result['mean_distance_random_faces']}")  # fmt: skip
     print(f"the site: {out['site']}")
-    print(f"open it: python -m http.server --directory {Path(out['site']).parent} 8000, then "
-          "http://127.0.0.1:8000/ (or open index.html from disk)")  # fmt: skip
+    _print_open_hint(out["site"])
     return 0
 
 

@@ -99,9 +99,7 @@ class HadoopFS:
                     found.append(it.next())
             for st in found:
                 path = st.getPath()
-                hidden = any(part.startswith((".", "_"))
-                             for part in path.toUri().getPath().split("/")[-1:])  # fmt: skip
-                if not hidden:
+                if not path.getName().startswith((".", "_")):
                     out.append((path.toString(), int(st.getLen()),
                                 st.getModificationTime() / 1000.0))  # fmt: skip
         return sorted(out)
@@ -122,20 +120,14 @@ class HadoopFS:
 
     def write_text_atomic(self, path: str, text: str) -> None:
         """Write a small file so that a reader sees the old text or the new, never half:
-        the new text goes to a sibling first and is renamed into place."""
-        tmp = f"{path}{_TMP}{uuid.uuid4().hex[:8]}"
+        the new text goes to a sibling first and replaces the old as a table would."""
+        tmp = self.temp_sibling(path)
         self.write_text(tmp, text)
-        old = None
-        if self.exists(path):
-            old = f"{path}{_OLD}{uuid.uuid4().hex[:8]}"
-            self.rename(path, old)
-        self.rename(tmp, path)
-        if old:
-            self.delete(old)
+        self.replace(tmp, path)
 
     def read_text_atomic(self, path: str) -> str | None:
-        """What write_text_atomic last finished writing, or None. A write cut off between its
-        two renames leaves only the older text beside the path: that one is read."""
+        """What write_text_atomic last finished writing, or None. A write cut off between the
+        two renames of `replace` leaves only the older text beside the path: that one is read."""
         if self.exists(path):
             return self.read_text(path)
         fs, p = self._fs(path)
