@@ -13,6 +13,8 @@ import os
 import sys
 from importlib import resources
 
+from faceatlas import jvm_archive
+
 log = logging.getLogger(__name__)
 
 # Settings for a local session only; a cluster's own come from spark-submit.
@@ -40,11 +42,14 @@ def spark_session(
     app_name: str = "faceatlas",
     master: str | None = None,
     conf: dict[str, str] | None = None,
+    java_options: list[str] | None = None,
 ):
     """Return the active SparkSession, creating it if needed.
 
     `master` and `conf` apply to a local session; under spark-submit, `master` must be None
     (spark-submit's --master rules) and `conf` holds only what the job itself asks for.
+    `java_options` are extra options of a local driver JVM; by default, the class archive
+    of jvm_archive when it has been built.
     """
     from pyspark.sql import SparkSession
 
@@ -60,9 +65,12 @@ def spark_session(
         builder = builder.master(master)
         settings = dict(LOCAL_DEFAULTS)
         settings["spark.driver.memory"] = os.environ.get("FACEATLAS_DRIVER_MEMORY", "2g")
-        java_opts = f"-Dlog4j2.configurationFile=file:{_log4j_config()}"
-        settings["spark.driver.extraJavaOptions"] = java_opts
-        settings["spark.executor.extraJavaOptions"] = java_opts
+        log4j = f"-Dlog4j2.configurationFile=file:{_log4j_config()}"
+        if java_options is None:
+            java_options = jvm_archive.java_options()
+        # Local mode runs its executor inside the driver JVM: only the driver needs these.
+        settings["spark.driver.extraJavaOptions"] = " ".join([log4j, *java_options])
+        settings["spark.executor.extraJavaOptions"] = log4j
         for key, value in settings.items():
             builder = builder.config(key, value)
     for key, value in (conf or {}).items():
