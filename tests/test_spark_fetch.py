@@ -19,7 +19,7 @@ from photos_table import write_photos
 
 from faceatlas.fetch import ImageOptions, selection_key
 from faceatlas.httpfetch import FetchOptions
-from faceatlas.spark_fetch import FetchError, FetchJob, run_fetch
+from faceatlas.spark_fetch import FetchError, FetchJob, run_fetch, task_slots
 
 pytestmark = [pytest.mark.spark]
 
@@ -214,6 +214,38 @@ def test_url_template_points_at_a_mirror(spark, server, tmp_path):
 
     with pytest.raises(FetchError, match="unknown column"):
         run_fetch(spark, str(tmp_path), _job(server, url_template="http://x/{nope}.jpg"))
+
+
+def test_task_slots_cut_countries_in_order_into_even_tasks(spark):
+    """Skewed countries (and a null one) go to tasks of near-equal size, in country order,
+    so a task writes into one or two country folders."""
+    from pyspark.sql import functions as F
+
+    sizes = {"US": 3000, "NL": 700, "DE": 90, "JP": 7, None: 40}
+    rows, pid = [], 0
+    for c, n in sizes.items():
+        for _ in range(n):
+            pid += 1
+            rows.append((pid, c, selection_key(pid)))
+    df = spark.createDataFrame(rows, "photo_id long, country string, _key string")
+    n_parts = 8
+    parts = df.repartitionById(n_parts, task_slots(sizes, n_parts))
+    got = parts.select("photo_id", "country", F.spark_partition_id().alias("p")).collect()
+    assert sorted(r["photo_id"] for r in got) == list(range(1, pid + 1))
+    per_task = Counter(r["p"] for r in got)
+    assert sorted(per_task) == list(range(n_parts))
+    even = pid / n_parts
+    assert all(abs(n - even) < 0.15 * even for n in per_task.values()), per_task
+    # Countries in code order (null last): a task's countries never interleave with the next's.
+    rank = {c: i for i, c in enumerate(sorted(sizes, key=lambda c: (c is None, c or "")))}
+    span = {p: (min(rank[r["country"]] for r in got if r["p"] == p),
+                max(rank[r["country"]] for r in got if r["p"] == p)) for p in per_task}  # fmt: skip
+    for p in range(n_parts - 1):
+        assert span[p][1] <= span[p + 1][0], span
+    assert all(hi - lo <= 2 for lo, hi in span.values()), span
+    # The US alone fills most tasks; each of its rows lands in one task of its own range.
+    us_tasks = {r["p"] for r in got if r["country"] == "US"}
+    assert len(us_tasks) >= 5
 
 
 def test_missing_photos_table_is_a_clear_error(spark, tmp_path):

@@ -2,11 +2,12 @@
 
 The driver picks the photos asked for (all, or --per-country / --countries / --limit in
 a reproducible hash order), drops those the images table already settles (ok rows, and
-failures not named in --retry-failed), and range-partitions the rest by country into
-tasks of about --photos-per-task photos. Each task runs fetch.run_batches with one
-Fetcher per Python worker (kept across tasks, so connections and DNS answers are reused)
-and writes its rows straight into ROOT/images/ every few hundred photos, each file under
-a hidden name and then renamed, so a file is either whole or absent.
+failures not named in --retry-failed), and cuts the rest into tasks of about
+--photos-per-task photos, country by country (task_slots: no sampling pass over the
+input). Each task runs fetch.run_batches with one Fetcher per Python worker (kept across
+tasks, so connections and DNS answers are reused) and writes its rows straight into
+ROOT/images/ every few hundred photos, each file under a hidden name and then renamed, so
+a file is either whole or absent.
 
 Exactly once, even after kills: a killed run leaves only whole files, and the next run
 skips what they hold, so it resumes instead of starting over. The rare duplicate (a task
@@ -31,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -175,6 +176,34 @@ def select_photos(spark, photos_path: str, job: FetchJob, template: UrlTemplate 
     return df
 
 
+def task_slots(todo_by_country: Mapping[str | None, int], n_parts: int):
+    """The task (0..n_parts-1) of each row to fetch, as a column, without a sampling pass.
+
+    Countries are laid end to end in code order, each taking as many rows as it has to
+    fetch; a row's place inside its country comes from its hash key (uniform on [0, 1)), and
+    the line is cut into n_parts equal lengths. So a task holds one or two countries (few
+    small files per flush), a big country spreads over many tasks, and every task gets about
+    the same number of rows. Needs the `country` and `_key` columns of select_photos."""
+    from pyspark.sql import functions as F
+
+    order = sorted(todo_by_country, key=lambda c: (c is None, c or ""))
+    starts, total = {}, 0
+    for c in order:
+        starts[c] = total
+        total += todo_by_country[c]
+    if total == 0:
+        return F.lit(0)
+    # Country codes are two letters: "" stands for a null country.
+    country = F.coalesce(F.col("country"), F.lit(""))
+    start = F.create_map(*[v for c in order for v in (F.lit(c or ""), F.lit(float(starts[c])))])
+    length = F.create_map(
+        *[v for c in order for v in (F.lit(c or ""), F.lit(float(todo_by_country[c])))]
+    )
+    unit = F.conv(F.substring(F.col("_key"), 1, 8), 16, 10).cast("double") / float(1 << 32)
+    place = start[country] + unit * length[country]
+    return F.least(F.floor(place * n_parts / total), F.lit(n_parts - 1)).cast("int")
+
+
 def run_fetch(spark, root: str, job: FetchJob) -> dict:
     """Fetch the photos asked for into ROOT/images; return the stats (also in _stats)."""
     from pyspark.sql import functions as F
@@ -196,6 +225,7 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
 
     asked = select_photos(spark, photos_path, job, template)
     files, _ = runfiles.data_files(images_path)
+    had_files = bool(files)
     if files:
         done = read_images(spark, images_path).where(
             (F.col("status") == "ok") | ~F.col("status").isin(list(job.retry_failed))
@@ -205,9 +235,15 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
         )
     else:
         asked = asked.withColumn("_done", F.lit(None).cast("boolean"))
-    # One job counts both; the selection is cheap to recompute for the tasks.
-    row = asked.agg(F.count("*").alias("asked"), F.count("_done").alias("done")).collect()[0]
-    n_asked, n_todo = row["asked"], row["asked"] - row["done"]
+    # One job counts both, per country; the selection is cheap to recompute for the tasks.
+    by_country = (
+        asked.groupBy("country")
+        .agg(F.count("*").alias("asked"), F.count("_done").alias("done"))
+        .collect()
+    )
+    n_asked = sum(r["asked"] for r in by_country)
+    todo_by_country = {r["country"]: r["asked"] - r["done"] for r in by_country}
+    n_todo = sum(todo_by_country.values())
     todo = asked.where(F.col("_done").isNull()).drop("_done")
     log.warning("fetch: %d photos asked for, %d already settled, %d to fetch (run %s)",
                 n_asked, n_asked - n_todo, n_todo, run_id)  # fmt: skip
@@ -221,7 +257,8 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
         cores = max(1, spark.sparkContext.defaultParallelism)
         n_parts = math.ceil(math.ceil(n_todo / job.photos_per_task) / cores) * cores
         n_parts = min(n_parts, n_todo)
-        parts = todo.repartitionByRange(n_parts, "country", "_key").drop("_key")
+        slot = task_slots(todo_by_country, n_parts)
+        parts = todo.repartitionById(n_parts, slot).drop("_key")
         limits_dir = limits_dir_for(spark.sparkContext.applicationId)
         fn = _task_fn(job, template, images_path, run_id, limits_dir)
         stop = threading.Event()
@@ -250,8 +287,11 @@ def run_fetch(spark, root: str, job: FetchJob) -> dict:
         write_empty(images_path, schemas.IMAGES)
     elif len(files) > 1 and fs.exists(empty_marker):
         fs.delete(empty_marker)
-    table = {r["status"]: r["count"] for r in
-             read_images(spark, images_path).groupBy("status").count().collect()}  # fmt: skip
+    if not had_files and not removed:
+        table = {s: n for s, n in counts.items() if n}  # the table holds this run's rows only
+    else:
+        table = {r["status"]: r["count"] for r in
+                 read_images(spark, images_path).groupBy("status").count().collect()}  # fmt: skip
 
     seconds = time.time() - t0
     n_fetched = sum(counts.values())
