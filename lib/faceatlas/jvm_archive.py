@@ -125,6 +125,12 @@ def build(force: bool = False) -> Path | None:
         return None
     if path.is_file() and not force:
         return path
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is not None:
+        # Its JVM is already running without the dump option, and stopping it would stop
+        # the caller's session.
+        raise RuntimeError("build the archive in its own process: python -m faceatlas.jvm_archive")
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob("spark-classes-*.jsa"):  # those of earlier JVMs/PySparks
         if old != path:
@@ -149,8 +155,6 @@ def build(force: bool = False) -> Path | None:
             proc.stdin.close()
             proc.wait(timeout=300)
     finally:
-        from pyspark import SparkContext
-
         SparkContext._gateway = SparkContext._jvm = None
     if not tmp.is_file() or tmp.stat().st_size == 0:
         tmp.unlink(missing_ok=True)
