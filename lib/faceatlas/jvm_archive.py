@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 ENV = "FACEATLAS_JVM_ARCHIVE"
 # Without these, a JVM that refuses the archive (another class path) prints a warning on

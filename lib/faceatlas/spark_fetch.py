@@ -181,9 +181,10 @@ def task_slots(todo_by_country: Mapping[str | None, int], n_parts: int):
 
     Countries are laid end to end in code order, each taking as many rows as it has to
     fetch; a row's place inside its country comes from its hash key (uniform on [0, 1)), and
-    the line is cut into n_parts equal lengths. So a task holds one or two countries (few
-    small files per flush), a big country spreads over many tasks, and every task gets about
-    the same number of rows. Needs the `country` and `_key` columns of select_photos."""
+    the line is cut into n_parts equal lengths. So a task holds a run of neighbouring
+    countries (one or two where countries are big: few small files per flush), a big country
+    spreads over many tasks, and every task gets about the same number of rows. Needs the
+    `country` and `_key` columns of select_photos."""
     from pyspark.sql import functions as F
 
     order = sorted(todo_by_country, key=lambda c: (c is None, c or ""))
