@@ -316,7 +316,9 @@ def test_rate_spaces_starts_of_threads_in_one_process(
     """The threads of a process share the schedule file's descriptor, which flock does not
     keep apart: without a lock in the process they would book the same start."""
     monkeypatch.setattr(hostlimit, "os", _SlowReadOs())
-    rate = 10.0
+    # 0.2 s apart: a start booked twice shows as a gap of a few ms, while a thread that
+    # wakes late on a loaded machine (66 ms seen in CI at 0.1 s apart) stays above 0.1 s.
+    rate = 5.0
     lim = HostLimiter(str(tmp_path / "lim"), 8, rate)
     starts: list[float] = []
     go = threading.Event()
