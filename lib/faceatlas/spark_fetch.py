@@ -196,10 +196,11 @@ def task_slots(todo_by_country: Mapping[str | None, int], n_parts: int):
         return F.lit(0)
     # Country codes are two letters: "" stands for a null country.
     country = F.coalesce(F.col("country"), F.lit(""))
-    start = F.create_map(*[v for c in order for v in (F.lit(c or ""), F.lit(float(starts[c])))])
-    length = F.create_map(
-        *[v for c in order for v in (F.lit(c or ""), F.lit(float(todo_by_country[c])))]
-    )
+
+    def per_country(values: Mapping[str | None, int]):
+        return F.create_map(*[v for c in order for v in (F.lit(c or ""), F.lit(float(values[c])))])
+
+    start, length = per_country(starts), per_country(todo_by_country)
     unit = F.conv(F.substring(F.col("_key"), 1, 8), 16, 10).cast("double") / float(1 << 32)
     place = start[country] + unit * length[country]
     return F.least(F.floor(place * n_parts / total), F.lit(n_parts - 1)).cast("int")
